@@ -1,0 +1,179 @@
+"""The `cf-diffusion` command: demo, edit, generate, train, data make, evaluate."""
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def _demo(args) -> None:
+    from cf_diffusion.demo import format_table, run_demo
+
+    path, table = run_demo(args.model, args.out, args.steps, args.guidance, args.seed)
+    print(format_table(table))
+    print(f"wrote {path}")
+
+
+def _interventions(schema, text: str | None) -> dict:
+    return schema.parse(text) if text else {}
+
+
+def _edit_kwargs(args) -> dict:
+    import torch
+
+    return {
+        "num_inference_steps": args.steps,
+        "guidance_scale": args.guidance,
+        "strength": args.strength,
+        "abduction": args.abduction,
+        "generator": torch.Generator().manual_seed(args.seed),
+    }
+
+
+def _edit(args) -> None:
+    from cf_diffusion.models import load_pipeline
+
+    if (args.image is None) == (args.input_dir is None):
+        raise ValueError("edit needs exactly one of --image (one file) or --input-dir (a folder of images).")
+    pipe = load_pipeline(args.model)
+    interventions = _interventions(pipe.schema, args.do)
+    factors = pipe.schema.parse(args.factors) if args.factors else None
+    if args.image is not None:
+        if args.out is None:
+            raise ValueError("edit --image needs --out (the PNG to write).")
+        image = _open_image(args.image)
+        result = pipe(image=image, factors=factors, interventions=interventions, **_edit_kwargs(args))
+        result.images[0].save(args.out)
+        print(f"factual:        {pipe.schema.format_row(result.factual_factors[0])}")
+        print(f"counterfactual: {pipe.schema.format_row(result.counterfactual_factors[0])}")
+        print(f"wrote {args.out}")
+        return
+    from accelerate import PartialState
+
+    if args.output_dir is None:
+        raise ValueError("edit --input-dir needs --output-dir.")
+    files = sorted(p for p in Path(args.input_dir).iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
+    if not files:
+        raise ValueError(f"--input-dir {args.input_dir!r} holds no .png/.jpg images.")
+    state = PartialState()
+    Path(args.output_dir).mkdir(parents=True, exist_ok=True)
+    with state.split_between_processes(files) as mine:
+        for path in mine:
+            result = pipe(image=_open_image(path), factors=factors, interventions=interventions, **_edit_kwargs(args))
+            result.images[0].save(Path(args.output_dir) / f"{path.stem}.png")
+    state.wait_for_everyone()
+    if state.is_main_process:
+        print(f"edited {len(files)} images into {args.output_dir}")
+
+
+def _open_image(path):
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        return Image.open(path).convert("RGB")
+    except (FileNotFoundError, UnidentifiedImageError) as error:
+        raise ValueError(f"Cannot read image {str(path)!r}: {error}") from None
+
+
+def _generate(args) -> None:
+    import numpy as np
+    import torch
+
+    from cf_diffusion.images import image_grid, save_image
+    from cf_diffusion.models import load_pipeline
+
+    pipe = load_pipeline(args.model)
+    result = pipe.generate(
+        interventions=_interventions(pipe.schema, args.do),
+        num_images=args.n,
+        num_inference_steps=args.steps,
+        guidance_scale=args.guidance,
+        generator=torch.Generator().manual_seed(args.seed),
+        output_type="np",
+    )
+    images = (np.asarray(result.images) * 255).round().astype(np.uint8)
+    captions = [pipe.schema.format_row(row).replace(" ", "\n", 1) for row in result.factors]
+    save_image(image_grid(images, columns=min(8, args.n), captions=captions, scale=3, min_width=110), args.out)
+    print(f"wrote {args.out}")
+
+
+def _train(args) -> None:
+    from cf_diffusion.training.run import STAGES, train
+
+    path = train(args.config, args.resume_from_checkpoint, tuple(args.stages or STAGES))
+    print(f"pipeline: {path}" if path else "stages finished; the pipeline is assembled once every stage is done")
+
+
+def _data_make(args) -> None:
+    from cf_diffusion.data import make_dataset
+
+    path = make_dataset(args.name, args.n, args.resolution, args.out, seed=args.seed, num_workers=args.workers)
+    print(f"wrote {path}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of `cf-diffusion`."""
+    parser = argparse.ArgumentParser(prog="cf-diffusion", description="Causal counterfactual image editing.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def editing_options(p: argparse.ArgumentParser, steps: int = 50) -> None:
+        p.add_argument("--model", default="default", help="'default', a shipped model name, or a pipeline folder")
+        p.add_argument("--steps", type=int, default=steps, help="DDIM steps")
+        p.add_argument("--guidance", type=float, default=3.0, help="guidance scale along the edit")
+        p.add_argument("--seed", type=int, default=0)
+
+    demo = commands.add_parser("demo", help="edit built-in examples with the default model; writes cf_demo.png")
+    editing_options(demo)
+    demo.add_argument("--out", default="cf_demo.png")
+    demo.set_defaults(func=_demo)
+
+    edit = commands.add_parser("edit", help="edit an image (or a folder) counterfactually")
+    editing_options(edit)
+    edit.add_argument("--image", help="the image to edit")
+    edit.add_argument("--do", required=True, help="interventions, e.g. 'color=green' or 'size=large,color=red'")
+    edit.add_argument("--factors", help="the image's factual factors (default: read off the image)")
+    edit.add_argument("--strength", type=float, default=1.0, help="inversion depth in (0, 1]")
+    edit.add_argument("--abduction", choices=("ddim", "ddpm"), default="ddim")
+    edit.add_argument("--out", help="output PNG (with --image)")
+    edit.add_argument("--input-dir", help="edit every image of a folder (split across accelerate processes)")
+    edit.add_argument("--output-dir", help="where --input-dir results go")
+    edit.set_defaults(func=_edit)
+
+    generate = commands.add_parser("generate", help="sample factors from the causal model, then images")
+    editing_options(generate)
+    generate.add_argument("--do", help="interventions for the causal model, e.g. 'size=large'")
+    generate.add_argument("--n", type=int, default=16)
+    generate.add_argument("--out", default="grid.png")
+    generate.set_defaults(func=_generate)
+
+    train = commands.add_parser("train", help="train a model from a recipe (configs/*.yaml)")
+    train.add_argument("--config", required=True)
+    train.add_argument("--resume_from_checkpoint", "--resume-from-checkpoint", default=None)
+    train.add_argument("--stages", nargs="+", choices=("scm", "vae", "unet", "predictor"))
+    train.set_defaults(func=_train)
+
+    data = commands.add_parser("data", help="procedural datasets with ground truth")
+    data_commands = data.add_subparsers(dest="data_command", required=True)
+    make = data_commands.add_parser("make", help="write a procedural dataset as an imagefolder")
+    make.add_argument("name", help="colored-bars, colored-bars-frontdoor, morpho or pendulum")
+    make.add_argument("--n", type=int, required=True)
+    make.add_argument("--resolution", type=int, default=32)
+    make.add_argument("--out", required=True)
+    make.add_argument("--seed", type=int, default=0)
+    make.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    make.set_defaults(func=_data_make)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Runs the command; errors are one line on stderr and exit status 2."""
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"cf-diffusion {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

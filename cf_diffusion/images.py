@@ -1,0 +1,51 @@
+"""Image grids with captions, written atomically (training validation, the demo, the command line)."""
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """Float Tensor[B, C, H, W] in [-1, 1] -> uint8 array[B, H, W, 3]."""
+    array = ((images.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    array = array.permute(0, 2, 3, 1).numpy()
+    return np.repeat(array, 3, axis=-1) if array.shape[-1] == 1 else array
+
+
+def image_grid(
+    images: np.ndarray, columns: int, captions: list[str] | None = None, scale: int = 1, min_width: int = 0
+) -> Image.Image:
+    """Tiles uint8 images [B, H, W, 3] into a grid, optionally with a (multi-line) caption under each image.
+
+    Args:
+        images: uint8 array[B, H, W, 3].
+        columns: images per row.
+        captions: one text per image (may hold newlines).
+        scale: nearest-neighbour upscaling of each image.
+        min_width: minimum cell width in pixels (room for captions).
+    """
+    count, height, width = images.shape[:3]
+    height, width = height * scale, width * scale
+    cell = max(width, min_width)
+    rows = -(-count // columns)
+    caption_height = 11 * max((c.count("\n") + 1 for c in captions), default=1) + 4 if captions else 0
+    grid = Image.new("RGB", (columns * cell, rows * (height + caption_height)), "white")
+    draw = ImageDraw.Draw(grid)
+    for i in range(count):
+        x, y = (i % columns) * cell, (i // columns) * (height + caption_height)
+        grid.paste(Image.fromarray(images[i]).resize((width, height), Image.NEAREST), (x + (cell - width) // 2, y))
+        if captions:
+            draw.multiline_text((x + 2, y + height + 1), captions[i], fill="black", spacing=1)
+    return grid
+
+
+def save_image(image: Image.Image, path: str | Path) -> Path:
+    """Writes a PNG atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    image.save(tmp, format="PNG")
+    tmp.replace(path)
+    return path

@@ -1,0 +1,798 @@
+"""CounterfactualDiffusionPipeline: counterfactual image editing by abduction, action and prediction.
+
+One call edits a batch of images:
+
+1. factual factors: given by the user, or read off each image by the `factor_predictor`;
+2. action and prediction over the factors: `scm.counterfactual(factual, interventions)` keeps every non-descendant
+   of an intervened factor exactly and propagates the intervention to its descendants;
+3. abduction of the image noise U_I: invert the diffusion sampler under the *factual* conditioning (guidance 1), by
+   DDIM inversion or exact edit-friendly DDPM noise maps, over the last `strength` fraction of the schedule;
+4. prediction of the image: regenerate from U_I under the *counterfactual* conditioning, with guidance whose
+   reference branch is, by default, the factual conditioning: `eps = eps_ref + w (eps_cf - eps_ref)`. The null edit is
+   then an exact replay of the abduction for any w (both branches coincide), and w > 1 pushes along the edit only.
+   An optional mask keeps the factual trajectory outside the region allowed to change.
+"""
+
+from collections.abc import Callable, Mapping
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import (
+    AutoencoderKL,
+    DDIMInverseScheduler,
+    DDIMScheduler,
+    DiffusionPipeline,
+    UNet2DConditionModel,
+)
+from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
+from diffusers.image_processor import PipelineImageInput, VaeImageProcessor
+from diffusers.utils import is_xformers_available
+from diffusers.utils.torch_utils import randn_tensor
+
+from cf_diffusion.conditioning import FactorEncoder
+from cf_diffusion.factors import FactorSchema
+from cf_diffusion.inversion import (
+    ddim_invert,
+    ddim_step,
+    ddpm_noise_maps,
+    ddpm_step,
+    inference_timesteps,
+    inverse_scheduler_for,
+)
+from cf_diffusion.predictor import FactorPredictor
+from cf_diffusion.scm import NeuralCausalModel
+
+from .output import CounterfactualPipelineOutput, GenerationPipelineOutput, InversionOutput
+
+Generator = torch.Generator | list[torch.Generator] | None
+CallbackOnStepEnd = Callable[[DiffusionPipeline, int, int, dict], dict] | PipelineCallback | MultiPipelineCallbacks
+
+DEFAULT_NUM_INFERENCE_STEPS = 50
+DEFAULT_STRENGTH = 1.0
+DEFAULT_ABDUCTION = "ddim"
+_ABDUCTIONS = ("ddim", "ddpm")
+_GUIDANCE_REFERENCES = ("factual", "null")
+_OUTPUT_TYPES = ("pil", "np", "pt", "latent")
+
+
+def _is_column(value: Any) -> bool:
+    """True for per-image intervention values (a list, tuple, array or tensor with one entry per image)."""
+    if isinstance(value, torch.Tensor | np.ndarray):
+        return value.ndim >= 1
+    return isinstance(value, list | tuple)
+
+
+def _rows(values: dict[str, list]) -> list[dict[str, Any]]:
+    """`{name: [v0, v1, ...]}` -> `[{name: v0}, {name: v1}, ...]`."""
+    names = list(values)
+    return [dict(zip(names, row, strict=True)) for row in zip(*(values[name] for name in names), strict=True)]
+
+
+class CounterfactualDiffusionPipeline(DiffusionPipeline):
+    """Counterfactual image editing with a factor-conditioned diffusion model and a neural causal model.
+
+    Args:
+        unet: The factor-conditioned denoiser. Factor tokens go to `encoder_hidden_states`; with
+            `class_embed_type="projection"` the flattened tokens also go to `class_labels`.
+        scheduler: The sampler's `DDIMScheduler` (epsilon, v-prediction or sample prediction).
+        factor_encoder: Factor vector + known mask -> the UNet's conditioning.
+        scm: The causal model over the factors (same factors as `factor_encoder.schema`).
+        vae: Optional `AutoencoderKL`; None runs in pixel space. Latents are
+            `vae.encode(x).latent_dist.mean * vae.config.scaling_factor`.
+        factor_predictor: Optional; reads the factual factors off the images when the user gives none.
+        inverse_scheduler: Optional `DDIMInverseScheduler` for DDIM inversion; by default built from the
+            scheduler's config.
+        text_encoder: Optional transformers text encoder (for models fine-tuned from a text-to-image model); the
+            prompt's tokens go before the factor tokens in `encoder_hidden_states`.
+        tokenizer: The text encoder's tokenizer.
+    """
+
+    model_cpu_offload_seq = "factor_predictor->text_encoder->factor_encoder->unet->vae"
+    _optional_components = ["vae", "factor_predictor", "inverse_scheduler", "text_encoder", "tokenizer"]
+    _exclude_from_cpu_offload = ["scm"]
+    _callback_tensor_inputs = ["latents"]
+
+    def __init__(
+        self,
+        unet: UNet2DConditionModel,
+        scheduler: DDIMScheduler,
+        factor_encoder: FactorEncoder,
+        scm: NeuralCausalModel,
+        vae: AutoencoderKL | None = None,
+        factor_predictor: FactorPredictor | None = None,
+        inverse_scheduler: DDIMInverseScheduler | None = None,
+        text_encoder: Any | None = None,
+        tokenizer: Any | None = None,
+    ):
+        super().__init__()
+        if not isinstance(scheduler, DDIMScheduler):
+            raise ValueError(
+                f"scheduler must be a DDIMScheduler (inversion and DDPM noise maps replay its step), "
+                f"got {type(scheduler).__name__}; convert with DDIMScheduler.from_config(scheduler.config)"
+            )
+        if scm.schema.names != factor_encoder.schema.names:
+            raise ValueError(
+                f"scm factors {scm.schema.names} must be the factor_encoder's factors {factor_encoder.schema.names}"
+            )
+        if (text_encoder is None) != (tokenizer is None):
+            raise ValueError("text_encoder and tokenizer go together: pass both or neither")
+        self.register_modules(
+            unet=unet,
+            scheduler=scheduler,
+            factor_encoder=factor_encoder,
+            scm=scm,
+            vae=vae,
+            factor_predictor=factor_predictor,
+            inverse_scheduler=inverse_scheduler,
+            text_encoder=text_encoder,
+            tokenizer=tokenizer,
+        )
+        self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1) if vae is not None else 1
+        self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor, do_resize=False)
+
+    # ------------------------------------------------------------------ properties
+
+    @property
+    def schema(self) -> FactorSchema:
+        """The factors the model is conditioned on."""
+        return self.factor_encoder.schema
+
+    @property
+    def image_channels(self) -> int:
+        """Channels of the images the pipeline edits."""
+        return self.vae.config.in_channels if self.vae is not None else self.unet.config.in_channels
+
+    @property
+    def image_size(self) -> int:
+        """Height and width of the images the pipeline edits."""
+        return self.unet.config.sample_size * self.vae_scale_factor
+
+    @property
+    def guidance_scale(self) -> float:
+        return self._guidance_scale
+
+    @property
+    def num_timesteps(self) -> int:
+        return self._num_timesteps
+
+    @property
+    def interrupt(self) -> bool:
+        return self._interrupt
+
+    def enable_xformers_memory_efficient_attention(self, attention_op: Callable | None = None) -> None:
+        """Uses xformers' memory-efficient attention in every attention layer.
+
+        Raises:
+            ImportError: If xformers is not installed (PyTorch's scaled-dot-product attention, the default, needs
+                nothing).
+        """
+        if not is_xformers_available():
+            raise ImportError(
+                "xformers is not installed, so its memory-efficient attention cannot be enabled. Install it with "
+                "`pip install cf-diffusion[xformers]` (it needs a CUDA GPU), or keep the default attention: PyTorch's "
+                "scaled_dot_product_attention is already memory-efficient."
+            )
+        super().enable_xformers_memory_efficient_attention(attention_op)
+
+    # ------------------------------------------------------------------ input checks and preparation
+
+    def check_inputs(
+        self,
+        image: torch.Tensor | None,
+        batch_size: int,
+        interventions: Mapping[str, Any] | None,
+        factors: Any,
+        num_counterfactuals: int = 1,
+        guidance_scale: float = 1.0,
+        guidance_reference: str = "factual",
+        abduction: str = DEFAULT_ABDUCTION,
+        generator: Generator = None,
+        output_type: str = "pil",
+        prompt: str | list[str] | None = None,
+        mask: torch.Tensor | None = None,
+        callback_on_step_end_tensor_inputs: list[str] | None = None,
+    ) -> None:
+        """Validates the inputs of `__call__`, `invert` and `generate`; each problem raises a ValueError naming it.
+
+        Args:
+            image: Tensor[B, C, H, W] after preprocessing, or None (with an inversion, or when generating).
+            batch_size: B, the number of images.
+            interventions: {name: value | callable | per-image column}, or None.
+            factors: The factual factors as the user gave them (table forms of `FactorSchema.to_values`), or None.
+            num_counterfactuals: K, counterfactual samples per image.
+            guidance_scale: w.
+            guidance_reference: `"factual"` or `"null"`.
+            abduction: `"ddim"` or `"ddpm"`.
+            generator: A generator or a list of B generators.
+            output_type: `"pil"`, `"np"`, `"pt"` or `"latent"`.
+            prompt: A prompt, a list of B prompts, or None.
+            mask: Tensor[B or 1, 1, H, W] (image or latent resolution) in [0, 1], or None.
+            callback_on_step_end_tensor_inputs: Names of tensors passed to the step callback.
+
+        Raises:
+            ValueError: On any bad input.
+        """
+        schema = self.schema
+        if image is not None:
+            expected = (self.image_channels, self.image_size, self.image_size)
+            if image.ndim != 4 or tuple(image.shape[1:]) != expected:
+                raise ValueError(
+                    f"image has shape (channels, height, width) = {tuple(image.shape[1:])}, but the model edits "
+                    f"images of {expected[0]} channel(s) at {expected[1]}x{expected[2]} pixels"
+                )
+        if factors is None and image is not None and self.factor_predictor is None:
+            raise ValueError(
+                f"factors were not given and the pipeline has no factor_predictor to read them off the image; pass "
+                f"factors={{...}} with every factor of {schema.names}"
+            )
+        if factors is not None:
+            rows = len(next(iter(schema.to_values(factors).values())))
+            if rows != batch_size:
+                raise ValueError(
+                    f"factors describe {rows} image(s) but {batch_size} image(s) were given; give one value per "
+                    f"factor for one image, or one row (or column entry) per image"
+                )
+        if interventions is not None:
+            if not isinstance(interventions, Mapping):
+                raise ValueError(
+                    "interventions must be a dict {factor name: value or callable}, "
+                    f"got {type(interventions).__name__}"
+                )
+            for name, value in interventions.items():
+                if name not in schema:
+                    raise ValueError(
+                        f"unknown factor {name!r} in interventions; the model's factors are {schema.names}"
+                    )
+                if callable(value):
+                    continue
+                column = value if _is_column(value) else [value]
+                if len(column) not in (1, batch_size):
+                    raise ValueError(
+                        f"intervention on {name!r} has {len(column)} values; expected one value or {batch_size} "
+                        "(one per image)"
+                    )
+                schema.to_values({name: column}, partial=True)
+        if not isinstance(num_counterfactuals, int) or num_counterfactuals < 1:
+            raise ValueError(f"num_counterfactuals must be an integer >= 1, got {num_counterfactuals!r}")
+        if not isinstance(guidance_scale, int | float) or guidance_scale < 0:
+            raise ValueError(f"guidance_scale must be a number >= 0, got {guidance_scale!r}")
+        if guidance_reference not in _GUIDANCE_REFERENCES:
+            raise ValueError(
+                f"guidance_reference must be one of {list(_GUIDANCE_REFERENCES)}, got {guidance_reference!r}"
+            )
+        if abduction not in _ABDUCTIONS:
+            raise ValueError(f"abduction must be one of {list(_ABDUCTIONS)}, got {abduction!r}")
+        if isinstance(generator, list) and len(generator) != batch_size:
+            raise ValueError(
+                f"generator is a list of {len(generator)} generators but there are {batch_size} image(s); pass one "
+                "generator per image, or a single generator"
+            )
+        if output_type not in _OUTPUT_TYPES:
+            raise ValueError(f"output_type must be one of {list(_OUTPUT_TYPES)}, got {output_type!r}")
+        if prompt is not None:
+            if self.text_encoder is None:
+                raise ValueError("a prompt was given but the pipeline has no text_encoder")
+            if isinstance(prompt, list) and len(prompt) != batch_size:
+                raise ValueError(f"prompt is a list of {len(prompt)} prompts but there are {batch_size} image(s)")
+            if not isinstance(prompt, str | list):
+                raise ValueError(f"prompt must be a string or a list of strings, got {type(prompt).__name__}")
+        if mask is not None:
+            sizes = {self.image_size, self.unet.config.sample_size}
+            if (
+                not isinstance(mask, torch.Tensor)
+                or mask.ndim != 4
+                or mask.shape[0] not in (1, batch_size)
+                or mask.shape[1] != 1
+                or mask.shape[2] != mask.shape[3]
+                or mask.shape[2] not in sizes
+            ):
+                shape = tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
+                raise ValueError(
+                    f"mask must be Tensor[{batch_size} or 1, 1, S, S] with S in {sorted(sizes)} (image or latent "
+                    f"size), got {shape}"
+                )
+            if mask.min() < 0 or mask.max() > 1:
+                raise ValueError("mask values must lie in [0, 1] (1 = may change, 0 = keep the input)")
+        if callback_on_step_end_tensor_inputs is not None:
+            unknown = [k for k in callback_on_step_end_tensor_inputs if k not in self._callback_tensor_inputs]
+            if unknown:
+                raise ValueError(
+                    f"callback_on_step_end_tensor_inputs {unknown} are not available; choose from "
+                    f"{self._callback_tensor_inputs}"
+                )
+
+    def _resolve_schedule(
+        self,
+        inversion: InversionOutput | None,
+        num_inference_steps: int | None,
+        strength: float | None,
+        abduction: str | None,
+    ) -> tuple[int, float, str]:
+        """Fills unset schedule arguments from the inversion (or the defaults); conflicting values raise."""
+        if inversion is None:
+            return (
+                DEFAULT_NUM_INFERENCE_STEPS if num_inference_steps is None else num_inference_steps,
+                DEFAULT_STRENGTH if strength is None else strength,
+                DEFAULT_ABDUCTION if abduction is None else abduction,
+            )
+        if not isinstance(inversion, InversionOutput):
+            raise ValueError(
+                f"inversion must be an InversionOutput from pipe.invert(...), got {type(inversion).__name__}"
+            )
+        given = {"num_inference_steps": num_inference_steps, "strength": strength, "abduction": abduction}
+        for name, value in given.items():
+            if value is not None and value != getattr(inversion, name):
+                raise ValueError(
+                    f"{name}={value!r} conflicts with the inversion, computed with "
+                    f"{name}={getattr(inversion, name)!r}; leave {name} unset or invert again"
+                )
+        return inversion.num_inference_steps, inversion.strength, inversion.abduction
+
+    def _preprocess_image(self, image: PipelineImageInput) -> torch.Tensor:
+        """PIL images, arrays or tensors in [0, 1] -> Tensor[B, C, H, W] float32 in [-1, 1] (not resized)."""
+        return self.image_processor.preprocess(image).to(torch.float32)
+
+    def _factual_factors(self, factors: Any, pixels: torch.Tensor | None, device: torch.device) -> torch.Tensor:
+        """The factual factors as Tensor[B, F] in `FactorSchema.encode` format (read off the images if not given)."""
+        if factors is not None:
+            return self.schema.encode(factors).to(device)
+        predictor = self.factor_predictor
+        return predictor.predict(pixels.to(device=device, dtype=predictor.dtype)).to(device)
+
+    def _counterfactual_factors(
+        self,
+        factual: torch.Tensor,
+        interventions: Mapping[str, Any] | None,
+        num_counterfactuals: int,
+        generator: Generator,
+    ) -> torch.Tensor:
+        """scm.counterfactual for every image: Tensor[B * K, F] in encode format, image-major.
+
+        With no intervention the counterfactual world is the factual one. With a list of generators, image b's
+        counterfactuals are drawn with generator b (so a batch equals its images edited one by one).
+        """
+        schema = self.schema
+        if not interventions:
+            return factual.repeat_interleave(num_counterfactuals, dim=0)
+        values = schema.denormalize(factual)
+        if isinstance(generator, list):
+            parts = []
+            for b, g in enumerate(generator):
+                row = {name: column[b : b + 1] for name, column in values.items()}
+                row_interventions = {
+                    name: value[b : b + 1] if _is_column(value) and len(value) > 1 else value
+                    for name, value in interventions.items()
+                }
+                parts.append(self.scm.counterfactual(row, row_interventions, num_counterfactuals, generator=g))
+            counterfactual = {name: torch.cat([part[name] for part in parts]) for name in schema.names}
+        else:
+            counterfactual = self.scm.counterfactual(
+                values, dict(interventions), num_counterfactuals, generator=generator
+            )
+        flat = {name: column.reshape(-1) for name, column in counterfactual.items()}
+        return schema.normalize(flat).to(factual.device)
+
+    def _encode_prompt(
+        self, prompt: str | list[str] | None, batch_size: int, device: torch.device
+    ) -> torch.Tensor | None:
+        """Prompt tokens Tensor[B, L, D] (an empty prompt when a text encoder exists and none is given), or None."""
+        if self.text_encoder is None:
+            return None
+        prompts = [prompt or ""] * batch_size if not isinstance(prompt, list) else prompt
+        tokens = self.tokenizer(
+            prompts,
+            padding="max_length",
+            max_length=self.tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        )
+        return self.text_encoder(tokens.input_ids.to(device))[0]
+
+    def _unet_kwargs(
+        self, factors: torch.Tensor, known: torch.Tensor | None, prompt_embeds: torch.Tensor | None
+    ) -> dict[str, torch.Tensor]:
+        """UNet conditioning for factors Tensor[N, F] (and prompt tokens Tensor[N, L, D]): keyword arguments."""
+        cond = self.factor_encoder(factors.to(self.factor_encoder.device), known)
+        tokens = cond.tokens.to(self.unet.dtype)
+        if prompt_embeds is not None:
+            tokens = torch.cat([prompt_embeds.to(tokens), tokens], dim=1)
+        kwargs = {"encoder_hidden_states": tokens}
+        if self.unet.config.class_embed_type == "projection":
+            kwargs["class_labels"] = cond.vector.to(self.unet.dtype)
+        return kwargs
+
+    def _model_fn(self, x: torch.Tensor, t: torch.Tensor, kwargs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The UNet as the inversion functions call it: model output Tensor[B, c, h, w]."""
+        return self.unet(x, t, **kwargs, return_dict=False)[0]
+
+    def _guided_model_output(
+        self, latents: torch.Tensor, t: torch.Tensor, kwargs: dict[str, torch.Tensor], guided: bool
+    ) -> torch.Tensor:
+        """The UNet output at `latents`; when guided, `kwargs` stack the reference and the conditional branch (as
+        `_stack_branches` makes them), both run in one call, and `out_ref + w (out - out_ref)` is returned."""
+        if not guided:
+            return self.unet(latents, t, **kwargs, return_dict=False)[0]
+        reference, conditional = self.unet(torch.cat([latents, latents]), t, **kwargs, return_dict=False)[0].chunk(2)
+        return reference + self.guidance_scale * (conditional - reference)
+
+    @staticmethod
+    def _stack_branches(
+        reference_kwargs: dict[str, torch.Tensor], kwargs: dict[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
+        """Conditioning of the reference branch and the conditional branch stacked along the batch: Tensor[2N, ...]."""
+        return {name: torch.cat([reference_kwargs[name], kwargs[name]]) for name in kwargs}
+
+    def _encode_images(self, pixels: torch.Tensor, device: torch.device) -> torch.Tensor:
+        """Pixels Tensor[B, C, H, W] in [-1, 1] -> the diffusion model's samples (latents or the pixels)."""
+        if self.vae is None:
+            return pixels.to(device=device, dtype=self.unet.dtype)
+        latents = self.vae.encode(pixels.to(device=device, dtype=self.vae.dtype)).latent_dist.mean
+        return (latents * self.vae.config.scaling_factor).to(self.unet.dtype)
+
+    def _decode_latents(self, latents: torch.Tensor, output_type: str) -> Any:
+        """Samples -> images of `output_type` (latents are returned as they are for `"latent"`)."""
+        if output_type == "latent":
+            return latents
+        if self.vae is not None:
+            latents = self.vae.decode(latents.to(self.vae.dtype) / self.vae.config.scaling_factor, return_dict=False)[
+                0
+            ]
+        return self.image_processor.postprocess(latents.float(), output_type=output_type)
+
+    def _prepare_mask(self, mask: torch.Tensor | None, batch_size: int, device: torch.device) -> torch.Tensor | None:
+        """A mask at latent resolution, Tensor[B * K, 1, h, w], or None."""
+        if mask is None:
+            return None
+        size = self.unet.config.sample_size
+        if mask.shape[-1] != size:
+            mask = F.interpolate(mask.float(), size=(size, size), mode="area")
+        return mask.to(device=device, dtype=self.unet.dtype).expand(batch_size, -1, -1, -1)
+
+    def _callback(
+        self,
+        callback_on_step_end: CallbackOnStepEnd | None,
+        tensor_inputs: list[str],
+        step: int,
+        t: torch.Tensor,
+        latents: torch.Tensor,
+    ) -> torch.Tensor:
+        """Runs the step callback, which may read and replace the latents."""
+        if callback_on_step_end is None:
+            return latents
+        outputs = callback_on_step_end(self, step, t, {"latents": latents} if "latents" in tensor_inputs else {})
+        return outputs.pop("latents", latents)
+
+    # ------------------------------------------------------------------ abduction
+
+    @torch.no_grad()
+    def invert(
+        self,
+        image: PipelineImageInput,
+        factors: Any = None,
+        num_inference_steps: int = DEFAULT_NUM_INFERENCE_STEPS,
+        strength: float = DEFAULT_STRENGTH,
+        abduction: Literal["ddim", "ddpm"] = DEFAULT_ABDUCTION,
+        generator: Generator = None,
+        prompt: str | list[str] | None = None,
+    ) -> InversionOutput:
+        """Abducts the image noise U_I: inverts the sampler under the factual conditioning, with guidance 1.
+
+        Args:
+            image: B images (PIL, or arrays / tensors in [0, 1]) of the model's size and channels.
+            factors: The factual factors: a dict of values (one image), a list of dicts (one per image) or a dict of
+                columns; None reads them off the images with the `factor_predictor`.
+            num_inference_steps: Steps of the full schedule.
+            strength: Fraction in (0, 1] of the schedule to invert (1 = up to pure noise).
+            abduction: `"ddim"` (deterministic inversion) or `"ddpm"` (exact edit-friendly noise maps).
+            generator: Noise of the DDPM abduction: a generator or a list of B.
+            prompt: Prompt(s) for a pipeline with a text encoder.
+
+        Returns:
+            InversionOutput, to pass to `__call__(inversion=...)` (any number of times).
+        """
+        pixels = self._preprocess_image(image)
+        batch_size = pixels.shape[0]
+        self.check_inputs(pixels, batch_size, None, factors, abduction=abduction, generator=generator, prompt=prompt)
+        device = self._execution_device
+        factual = self._factual_factors(factors, pixels, device)
+        x0 = self._encode_images(pixels, device)
+        return self._invert_samples(x0, factual, num_inference_steps, strength, abduction, generator, prompt)
+
+    def _invert_samples(
+        self,
+        x0: torch.Tensor,
+        factual: torch.Tensor,
+        num_inference_steps: int,
+        strength: float,
+        abduction: str,
+        generator: Generator,
+        prompt: str | list[str] | None,
+    ) -> InversionOutput:
+        device = x0.device
+        timesteps = inference_timesteps(self.scheduler, num_inference_steps, strength, device)
+        kwargs = self._unet_kwargs(factual, None, self._encode_prompt(prompt, x0.shape[0], device))
+        with self.progress_bar(total=len(timesteps)) as progress_bar:
+
+            def model_fn(x: torch.Tensor, t: torch.Tensor, cond: dict[str, torch.Tensor]) -> torch.Tensor:
+                progress_bar.update()
+                return self._model_fn(x, t, cond)
+
+            if abduction == "ddim":
+                inverse_scheduler = self.inverse_scheduler or inverse_scheduler_for(self.scheduler)
+                inverse_scheduler.set_timesteps(num_inference_steps, device=device)
+                trajectory, noise_maps = ddim_invert(model_fn, x0, timesteps, kwargs, inverse_scheduler), None
+            else:
+                trajectory, noise_maps = ddpm_noise_maps(model_fn, x0, timesteps, kwargs, self.scheduler, generator)
+        self.maybe_free_model_hooks()
+        return InversionOutput(
+            trajectory=trajectory,
+            noise_maps=noise_maps,
+            timesteps=timesteps,
+            factors=factual,
+            num_inference_steps=num_inference_steps,
+            strength=strength,
+            abduction=abduction,
+        )
+
+    # ------------------------------------------------------------------ editing
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        image: PipelineImageInput | None = None,
+        interventions: Mapping[str, Any] | None = None,
+        factors: Any = None,
+        num_inference_steps: int | None = None,
+        guidance_scale: float = 3.0,
+        guidance_reference: Literal["factual", "null"] = "factual",
+        strength: float | None = None,
+        abduction: Literal["ddim", "ddpm"] | None = None,
+        num_counterfactuals: int = 1,
+        mask: torch.Tensor | None = None,
+        prompt: str | list[str] | None = None,
+        generator: Generator = None,
+        output_type: Literal["pil", "np", "pt", "latent"] = "pil",
+        return_dict: bool = True,
+        callback_on_step_end: CallbackOnStepEnd | None = None,
+        callback_on_step_end_tensor_inputs: list[str] | None = None,
+        inversion: InversionOutput | None = None,
+    ) -> CounterfactualPipelineOutput | tuple:
+        """Edits images counterfactually: what would each image have been had the intervened factors been different?
+
+        Args:
+            image: B images (PIL, or arrays / tensors in [0, 1]) of the model's size and channels; not needed with
+                `inversion`.
+            interventions: `{name: value}` (level name, index or number; or one value per image) or
+                `{name: callable}` (a shift of the factual value, e.g. `lambda t: t + 1`). None or `{}` is the null
+                edit, which reproduces the input (exactly with `abduction="ddpm"`).
+            factors: The factual factors: a dict of values (one image), a list of dicts (one per image) or a dict of
+                columns. None reads them off the images with the `factor_predictor`. Not used with `inversion`.
+            num_inference_steps: Steps of the full schedule (default 50, or the inversion's).
+            guidance_scale: w in `eps = eps_ref + w (eps_cf - eps_ref)`; 1 disables guidance, larger values push
+                harder along the edit.
+            guidance_reference: The reference branch: `"factual"` (the factual factors; the null edit stays an
+                exact replay for any w) or `"null"` (the counterfactual factors with the changed ones unknown).
+            strength: Fraction in (0, 1] of the schedule to invert and regenerate (default 1, or the inversion's):
+                smaller keeps more of the image, larger lets the edit change more.
+            abduction: `"ddim"` (default, or the inversion's) or `"ddpm"`.
+            num_counterfactuals: K counterfactual factor samples per image (they differ where the causal model
+                is not deterministic); the output has B * K images, image-major.
+            mask: Optional Tensor[B or 1, 1, S, S] in [0, 1] at image or latent size: 1 where the image may change,
+                0 where the factual trajectory is kept at every step.
+            prompt: Prompt(s) for a pipeline with a text encoder.
+            generator: A generator or a list of B (one per input image) for the causal model's and DDPM's noise.
+            output_type: `"pil"`, `"np"`, `"pt"` or `"latent"`.
+            return_dict: Return a `CounterfactualPipelineOutput` (True) or a tuple of its fields.
+            callback_on_step_end: Called as `callback(pipe, step, timestep, {"latents": latents})` after each
+                step; a `"latents"` entry in the returned dict replaces the latents.
+            callback_on_step_end_tensor_inputs: Tensors passed to the callback (default `["latents"]`).
+            inversion: A reused `invert(...)` result; then `image` and `factors` must be None.
+
+        Returns:
+            CounterfactualPipelineOutput (or the tuple `(images, factual_factors, counterfactual_factors,
+            inversion)`).
+        """
+        if isinstance(callback_on_step_end, PipelineCallback | MultiPipelineCallbacks):
+            callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
+        callback_on_step_end_tensor_inputs = callback_on_step_end_tensor_inputs or ["latents"]
+        num_inference_steps, strength, abduction = self._resolve_schedule(
+            inversion, num_inference_steps, strength, abduction
+        )
+        if inversion is not None:
+            if image is not None or factors is not None:
+                raise ValueError("pass either inversion or image (and factors), not both")
+            pixels, batch_size = None, inversion.factors.shape[0]
+        else:
+            if image is None:
+                raise ValueError("image is required (or an inversion from pipe.invert(...))")
+            pixels = self._preprocess_image(image)
+            batch_size = pixels.shape[0]
+        self.check_inputs(
+            pixels,
+            batch_size,
+            interventions,
+            factors,
+            num_counterfactuals,
+            guidance_scale,
+            guidance_reference,
+            abduction,
+            generator,
+            output_type,
+            prompt,
+            mask,
+            callback_on_step_end_tensor_inputs,
+        )
+        self._guidance_scale = guidance_scale
+        self._interrupt = False
+        device = self._execution_device
+
+        # 1. Factual factors, then action and prediction over the factors with the causal model.
+        if inversion is not None:
+            factual = inversion.factors.to(device)
+        else:
+            factual = self._factual_factors(factors, pixels, device)
+        counterfactual = self._counterfactual_factors(factual, interventions, num_counterfactuals, generator)
+
+        # 2. Abduction of the image noise under the factual conditioning.
+        if inversion is None:
+            x0 = self._encode_images(pixels, device)
+            inversion = self._invert_samples(x0, factual, num_inference_steps, strength, abduction, generator, prompt)
+        factual = factual.repeat_interleave(num_counterfactuals, dim=0)
+        trajectory = inversion.trajectory.to(device).repeat_interleave(num_counterfactuals, dim=1)
+        noise_maps = None
+        if inversion.noise_maps is not None:
+            noise_maps = inversion.noise_maps.to(device).repeat_interleave(num_counterfactuals, dim=1)
+        timesteps = inference_timesteps(self.scheduler, num_inference_steps, strength, device)
+        self._num_timesteps = len(timesteps)
+
+        # 3. Conditioning: counterfactual factors, and the guidance reference when it differs from them.
+        prompt_embeds = self._encode_prompt(prompt, batch_size, device)
+        if prompt_embeds is not None:
+            prompt_embeds = prompt_embeds.repeat_interleave(num_counterfactuals, dim=0)
+        kwargs = self._unet_kwargs(counterfactual, None, prompt_embeds)
+        changed = counterfactual != factual
+        guided = guidance_scale != 1 and bool(changed.any())
+        if guided:
+            known = None if guidance_reference == "factual" else ~changed
+            reference = factual if guidance_reference == "factual" else counterfactual
+            kwargs = self._stack_branches(self._unet_kwargs(reference, known, prompt_embeds), kwargs)
+        mask = self._prepare_mask(mask, batch_size * num_counterfactuals, device)
+
+        # 4. Prediction of the image: regenerate from the abducted noise.
+        latents = trajectory[0]
+        with self.progress_bar(total=len(timesteps)) as progress_bar:
+            for i, t in enumerate(timesteps):
+                if self.interrupt:
+                    continue
+                model_output = self._guided_model_output(latents, t, kwargs, guided)
+                if noise_maps is None:
+                    latents = ddim_step(self.scheduler, model_output, t, latents)
+                else:
+                    latents = ddpm_step(self.scheduler, model_output, t, latents, noise_maps[i])
+                if mask is not None:
+                    latents = mask * latents + (1 - mask) * trajectory[i + 1]
+                latents = self._callback(callback_on_step_end, callback_on_step_end_tensor_inputs, i, t, latents)
+                progress_bar.update()
+
+        images = self._decode_latents(latents, output_type)
+        self.maybe_free_model_hooks()
+        factual_factors = _rows(self.schema.decode(factual.cpu()))
+        counterfactual_factors = _rows(self.schema.decode(counterfactual.cpu()))
+        if not return_dict:
+            return images, factual_factors, counterfactual_factors, inversion
+        return CounterfactualPipelineOutput(
+            images=images,
+            factual_factors=factual_factors,
+            counterfactual_factors=counterfactual_factors,
+            inversion=inversion,
+        )
+
+    # ------------------------------------------------------------------ generation
+
+    @torch.no_grad()
+    def generate(
+        self,
+        interventions: Mapping[str, Any] | None = None,
+        num_images: int = 1,
+        factors: Any = None,
+        num_inference_steps: int = DEFAULT_NUM_INFERENCE_STEPS,
+        guidance_scale: float = 3.0,
+        prompt: str | list[str] | None = None,
+        generator: Generator = None,
+        latents: torch.Tensor | None = None,
+        output_type: Literal["pil", "np", "pt", "latent"] = "pil",
+        return_dict: bool = True,
+        callback_on_step_end: CallbackOnStepEnd | None = None,
+        callback_on_step_end_tensor_inputs: list[str] | None = None,
+    ) -> GenerationPipelineOutput | tuple:
+        """Samples factors from the causal model (observational or interventional), then images from noise.
+
+        Args:
+            interventions: `{name: value | callable}` for `scm.sample`; None samples the observational distribution.
+            num_images: N.
+            factors: Generate for these factors instead of sampling them (then `interventions` must be None and N
+                is their number of rows).
+            num_inference_steps: DDIM steps.
+            guidance_scale: Classifier-free guidance over factors, w in `eps_null + w (eps - eps_null)` with every
+                factor unknown in the null branch; 1 disables it.
+            prompt: Prompt(s) for a pipeline with a text encoder.
+            generator: A generator or a list of N (one per image).
+            latents: Optional starting noise Tensor[N, c, h, w].
+            output_type: `"pil"`, `"np"`, `"pt"` or `"latent"`.
+            return_dict: Return a `GenerationPipelineOutput` (True) or the tuple `(images, factors)`.
+            callback_on_step_end: As in `__call__`.
+            callback_on_step_end_tensor_inputs: As in `__call__`.
+
+        Returns:
+            GenerationPipelineOutput (or a tuple of its fields).
+        """
+        if isinstance(callback_on_step_end, PipelineCallback | MultiPipelineCallbacks):
+            callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
+        callback_on_step_end_tensor_inputs = callback_on_step_end_tensor_inputs or ["latents"]
+        if factors is not None:
+            if interventions is not None:
+                raise ValueError("pass either factors or interventions to generate, not both")
+            num_images = len(next(iter(self.schema.to_values(factors).values())))
+        if not isinstance(num_images, int) or num_images < 1:
+            raise ValueError(f"num_images must be an integer >= 1, got {num_images!r}")
+        self.check_inputs(
+            None,
+            num_images,
+            interventions,
+            factors,
+            guidance_scale=guidance_scale,
+            generator=generator,
+            output_type=output_type,
+            prompt=prompt,
+            callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
+        )
+        shape = (num_images, self.unet.config.in_channels, self.unet.config.sample_size, self.unet.config.sample_size)
+        if latents is not None and tuple(latents.shape) != shape:
+            raise ValueError(f"latents must have shape {shape}, got {tuple(latents.shape)}")
+        self._guidance_scale = guidance_scale
+        self._interrupt = False
+        device = self._execution_device
+
+        if factors is not None:
+            encoded = self.schema.encode(factors).to(device)
+        elif isinstance(generator, list):
+            rows = []
+            for b, g in enumerate(generator):
+                row_interventions = {
+                    name: value[b : b + 1] if _is_column(value) and len(value) > 1 else value
+                    for name, value in (interventions or {}).items()
+                }
+                rows.append(self.schema.normalize(self.scm.sample(1, row_interventions, generator=g)))
+            encoded = torch.cat(rows).to(device)
+        else:
+            encoded = self.schema.normalize(self.scm.sample(num_images, interventions, generator=generator)).to(device)
+
+        timesteps = inference_timesteps(self.scheduler, num_inference_steps, 1.0, device)
+        self._num_timesteps = len(timesteps)
+        if latents is None:
+            latents = randn_tensor(shape, generator=generator, device=device, dtype=self.unet.dtype)
+        latents = latents.to(device=device, dtype=self.unet.dtype) * self.scheduler.init_noise_sigma
+        prompt_embeds = self._encode_prompt(prompt, num_images, device)
+        kwargs = self._unet_kwargs(encoded, None, prompt_embeds)
+        guided = guidance_scale != 1
+        if guided:
+            unknown = torch.zeros_like(encoded, dtype=torch.bool)
+            kwargs = self._stack_branches(self._unet_kwargs(encoded, unknown, prompt_embeds), kwargs)
+
+        with self.progress_bar(total=len(timesteps)) as progress_bar:
+            for i, t in enumerate(timesteps):
+                if self.interrupt:
+                    continue
+                model_output = self._guided_model_output(latents, t, kwargs, guided)
+                latents = ddim_step(self.scheduler, model_output, t, latents)
+                latents = self._callback(callback_on_step_end, callback_on_step_end_tensor_inputs, i, t, latents)
+                progress_bar.update()
+
+        images = self._decode_latents(latents, output_type)
+        self.maybe_free_model_hooks()
+        factor_rows = _rows(self.schema.decode(encoded.cpu()))
+        if not return_dict:
+            return images, factor_rows
+        return GenerationPipelineOutput(images=images, factors=factor_rows)

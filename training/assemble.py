@@ -1,0 +1,65 @@
+"""Puts the finished stages of a run together into one CounterfactualDiffusionPipeline."""
+
+from pathlib import Path
+
+from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+
+from cf_diffusion.conditioning import FactorEncoder
+from cf_diffusion.pipelines import CounterfactualDiffusionPipeline
+from cf_diffusion.predictor import FactorPredictor
+from cf_diffusion.scm import NeuralCausalModel
+from cf_diffusion.training.checkpoint import load_checkpoint
+from cf_diffusion.training.diffusion import ConditionedUNet, build_noise_scheduler, build_unet
+
+
+def load_stage_vae(config: dict) -> AutoencoderKL | None:
+    """The run's autoencoder: None in pixel space, else the trained (or given pretrained) one."""
+    if config["vae"] is None:
+        return None
+    return AutoencoderKL.from_pretrained(Path(config["output_dir"]) / "stages" / "vae" / "vae")
+
+
+def diffusion_from_checkpoint(config: dict, checkpoint: str | Path, use_ema: bool = True) -> ConditionedUNet:
+    """The UNet + FactorEncoder of an (unfinished) `unet` stage checkpoint, with its EMA weights by default."""
+    scm = NeuralCausalModel.from_pretrained(Path(config["output_dir"]) / "stages" / "scm" / "scm")
+    data = config["data"]
+    if config["vae"] is None:
+        channels, size = data["channels"], data["resolution"]
+    else:
+        channels = config["vae"]["latent_channels"]
+        size = data["resolution"] // 2 ** (len(config["vae"]["block_out_channels"]) - 1)
+    model = ConditionedUNet(
+        build_unet(config, size, channels, len(scm.schema)),
+        FactorEncoder(scm.schema, embed_dim=config["unet"]["embed_dim"]),
+    )
+    _, state = load_checkpoint(checkpoint)
+    model.load_state_dict(state["models"]["model"])
+    if use_ema:
+        for parameter, shadow in zip(model.parameters(), state["ema"]["shadow_params"], strict=True):
+            parameter.data.copy_(shadow)
+    return model
+
+
+def assemble_pipeline(config: dict, checkpoint: str | Path | None = None) -> CounterfactualDiffusionPipeline:
+    """Builds the pipeline of the run in `config["output_dir"]` from its finished stages.
+
+    Args:
+        config: the run's recipe.
+        checkpoint: take UNet + FactorEncoder from this `unet` stage checkpoint instead of the finished stage
+            (to look at a run while it trains).
+    """
+    stages = Path(config["output_dir"]) / "stages"
+    if checkpoint is None:
+        unet = UNet2DConditionModel.from_pretrained(stages / "unet" / "unet")
+        factor_encoder = FactorEncoder.from_pretrained(stages / "unet" / "factor_encoder")
+    else:
+        model = diffusion_from_checkpoint(config, checkpoint)
+        unet, factor_encoder = model.unet, model.factor_encoder
+    return CounterfactualDiffusionPipeline(
+        unet=unet,
+        scheduler=DDIMScheduler.from_config(build_noise_scheduler(config).config),
+        factor_encoder=factor_encoder,
+        scm=NeuralCausalModel.from_pretrained(stages / "scm" / "scm"),
+        vae=load_stage_vae(config),
+        factor_predictor=FactorPredictor.from_pretrained(stages / "predictor" / "factor_predictor"),
+    )

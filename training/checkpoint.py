@@ -1,0 +1,107 @@
+"""Resumable training state in safetensors + JSON (no pickle), written atomically.
+
+A checkpoint is a folder `checkpoint-{step}` holding `state.safetensors` (every tensor: model weights, optimizer
+moments, EMA shadow weights, RNG state) and `state.json` (everything else: step, optimizer hyper-parameters). It is
+written to a temporary folder and renamed into place, so a run killed at any moment leaves either the previous
+checkpoint or the new one, never half of one.
+"""
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+
+
+def _flatten(prefix: str, value, tensors: dict, meta: dict) -> None:
+    """Splits a nested state dict into tensors (by dotted key) and JSON-able leaves."""
+    if isinstance(value, torch.Tensor):
+        tensors[prefix] = value.detach().cpu().contiguous()
+    elif isinstance(value, dict):
+        meta[prefix] = {"__dict__": [str(k) for k in value], "int_keys": [isinstance(k, int) for k in value]}
+        for key, item in value.items():
+            _flatten(f"{prefix}.{key}", item, tensors, meta)
+    elif isinstance(value, (list, tuple)):
+        meta[prefix] = {"__list__": len(value)}
+        for i, item in enumerate(value):
+            _flatten(f"{prefix}.{i}", item, tensors, meta)
+    else:
+        meta[prefix] = {"__value__": value}
+
+
+def _unflatten(prefix: str, tensors: dict, meta: dict):
+    if prefix in tensors:
+        return tensors[prefix]
+    node = meta[prefix]
+    if "__value__" in node:
+        return node["__value__"]
+    if "__list__" in node:
+        return [_unflatten(f"{prefix}.{i}", tensors, meta) for i in range(node["__list__"])]
+    return {
+        (int(k) if is_int else k): _unflatten(f"{prefix}.{k}", tensors, meta)
+        for k, is_int in zip(node["__dict__"], node["int_keys"], strict=True)
+    }
+
+
+def save_checkpoint(output_dir: str | Path, step: int, state: dict, keep: int = 2) -> Path:
+    """Writes `state` (nested dicts/lists of tensors and JSON values) as `output_dir/checkpoint-{step}` atomically.
+
+    Args:
+        output_dir: the run's checkpoint folder.
+        step: the global step the state belongs to.
+        state: e.g. {"unet": model.state_dict(), "optimizer": opt.state_dict(), "rng": torch.get_rng_state()}.
+        keep: how many of the newest checkpoints to keep; older ones are deleted after the new one is in place.
+
+    Returns:
+        The checkpoint folder.
+    """
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    tensors, meta = {}, {}
+    _flatten("state", state, tensors, meta)
+    final = output_dir / f"checkpoint-{step}"
+    tmp = output_dir / f".tmp-checkpoint-{step}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    save_file(tensors, str(tmp / "state.safetensors"))
+    (tmp / "state.json").write_text(json.dumps({"step": step, "meta": meta}))
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    for old in list_checkpoints(output_dir)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def list_checkpoints(output_dir: str | Path) -> list[Path]:
+    """Complete checkpoints in `output_dir`, oldest first."""
+    output_dir = Path(output_dir)
+    if not output_dir.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in output_dir.iterdir() if (m := _CHECKPOINT.match(p.name)) and p.is_dir()]
+    return [p for _, p in sorted(found)]
+
+
+def resolve_checkpoint(output_dir: str | Path, resume: str | None) -> Path | None:
+    """Maps `--resume_from_checkpoint` ("latest", a folder, or None) to a checkpoint folder (None: start fresh)."""
+    if resume is None:
+        return None
+    if resume == "latest":
+        found = list_checkpoints(output_dir)
+        return found[-1] if found else None
+    path = Path(resume)
+    if not (path / "state.safetensors").is_file():
+        raise ValueError(f"resume_from_checkpoint {resume!r} is not a checkpoint folder (no state.safetensors).")
+    return path
+
+
+def load_checkpoint(path: str | Path) -> tuple[int, dict]:
+    """Reads a checkpoint folder back: (step, state) with the same nesting that was saved."""
+    path = Path(path)
+    info = json.loads((path / "state.json").read_text())
+    return info["step"], _unflatten("state", load_file(str(path / "state.safetensors")), info["meta"])

@@ -1,0 +1,101 @@
+"""Training recipes: a YAML file with one section per stage, checked against the defaults below.
+
+Unknown keys are errors (a typo must not silently fall back to a default).
+"""
+
+import copy
+from pathlib import Path
+
+import yaml
+
+DEFAULTS: dict = {
+    "output_dir": "runs/model",
+    "seed": 0,
+    "data": {
+        "dataset": None,  # a procedural dataset name (cf_diffusion.data.get_dataset), or
+        "path": None,  # a folder of labelled images (LabeledImageDataset)
+        "format": "imagefolder",
+        "graph": None,  # causal graph text; procedural datasets bring their own
+        "num_images": 20000,
+        "resolution": 32,
+        "channels": 3,
+        "factors": None,  # optional list of factor names to keep
+        "skip_bad": False,
+    },
+    "training": {
+        "mixed_precision": "no",
+        "gradient_accumulation_steps": 1,
+        "checkpointing_steps": 250,
+        "checkpoints_total_limit": 2,
+        "validation_steps": 500,
+        "report_to": None,
+        "num_workers": 0,
+    },
+    "scm": {"num_steps": 2000, "batch_size": 1024, "lr": 3e-3, "hidden_dim": 64, "confounder_dim": 2},
+    "vae": {
+        "pretrained": None,  # a local AutoencoderKL folder; None trains one (null: `vae: null` = pixel space)
+        "block_out_channels": [32, 64, 64],
+        "layers_per_block": 1,
+        "latent_channels": 4,
+        "norm_num_groups": 16,
+        "num_steps": 1000,
+        "batch_size": 32,
+        "lr": 1e-3,
+        "kl_weight": 1e-6,
+    },
+    "unet": {
+        "pretrained": None,  # a Stable-Diffusion-style folder (unet/, vae/, scheduler/, text_encoder/) to fine-tune
+        "block_out_channels": [64, 128, 128],
+        "layers_per_block": 2,
+        "attention_head_dim": 8,
+        "embed_dim": 64,
+        "norm_num_groups": 32,
+        "prediction_type": "epsilon",
+        "num_train_timesteps": 1000,
+        "factor_dropout": 0.15,
+        "num_steps": 4000,
+        "batch_size": 128,
+        "lr": 3e-4,
+        "lr_warmup_steps": 200,
+        "ema_decay": 0.999,
+    },
+    "predictor": {"block_out_channels": [32, 64, 128], "num_steps": 1500, "batch_size": 128, "lr": 1e-3},
+}
+
+_OPTIONAL_SECTIONS = ("vae",)
+
+
+def _merge(defaults: dict, given: dict, where: str) -> dict:
+    merged = copy.deepcopy(defaults)
+    for key, value in given.items():
+        if key not in defaults:
+            raise ValueError(f"Unknown config key {where}{key!r}; expected one of {sorted(defaults)}.")
+        if isinstance(defaults[key], dict) and value is not None:
+            if not isinstance(value, dict):
+                raise ValueError(f"Config key {where}{key!r} must be a mapping, got {type(value).__name__}.")
+            merged[key] = _merge(defaults[key], value, f"{where}{key}.")
+        elif isinstance(defaults[key], dict) and key not in _OPTIONAL_SECTIONS:
+            raise ValueError(f"Config section {where}{key!r} cannot be null.")
+        else:
+            merged[key] = value
+    return merged
+
+
+def load_config(source: str | Path | dict, overrides: dict | None = None) -> dict:
+    """Reads a recipe (a YAML path or a dict), fills defaults, validates, and applies `overrides` (same nesting)."""
+    if isinstance(source, dict):
+        given = source
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise ValueError(f"Config file {str(path)!r} does not exist.")
+        given = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(given, dict):
+            raise ValueError(f"Config file {str(path)!r} must hold a mapping, got {type(given).__name__}.")
+    config = _merge(DEFAULTS, given, "")
+    if overrides:
+        config = _merge(config, overrides, "")
+    data = config["data"]
+    if (data["dataset"] is None) == (data["path"] is None):
+        raise ValueError("Config 'data' needs exactly one of 'dataset' (a procedural dataset) or 'path' (a folder).")
+    return config

@@ -1,0 +1,87 @@
+"""Training data: images and their factor table, from a procedural dataset or a folder of labelled images."""
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from cf_diffusion.factors import FactorSchema
+from cf_diffusion.graph import CausalGraph
+
+
+@dataclass
+class TrainingData:
+    """Everything a training stage reads.
+
+    Attributes:
+        images: uint8 Tensor[N, C, H, W].
+        table: factor name -> Tensor[N] (discrete level indices, continuous raw units).
+        schema: the factor schema (continuous ranges filled from the data).
+        graph: the causal graph over the factors.
+    """
+
+    images: torch.Tensor
+    table: dict[str, torch.Tensor]
+    schema: FactorSchema
+    graph: CausalGraph
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def pixel_batch(self, indices: torch.Tensor) -> torch.Tensor:
+        """Images of rows `indices` as float Tensor[B, C, H, W] in [-1, 1]."""
+        return self.images[indices].float() / 127.5 - 1.0
+
+    def factor_batch(self, indices: torch.Tensor) -> torch.Tensor:
+        """Factors of rows `indices` in `FactorSchema.encode` format: Tensor[B, F]."""
+        return self.schema.normalize({name: column[indices] for name, column in self.table.items()})
+
+
+def shard_indices(num_rows: int, rank: int, world_size: int) -> torch.Tensor:
+    """The rows a process trains on: a disjoint, interleaved shard of the data set."""
+    return torch.arange(rank, num_rows, world_size)
+
+
+def batch_indices(shard: torch.Tensor, batch_size: int, seed: int, step: int) -> torch.Tensor:
+    """Rows of one step's batch, drawn from the shard by a generator seeded with (seed, step).
+
+    Seeding by step makes the data order a pure function of the step counter, so a resumed run sees exactly the
+    batches an uninterrupted one would have.
+    """
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + step)
+    return shard[torch.randint(len(shard), (batch_size,), generator=generator)]
+
+
+def load_training_data(config: dict) -> TrainingData:
+    """Builds the training data described by a recipe's `data` section (see training/config.py)."""
+    data = config["data"]
+    if data["dataset"] is not None:
+        from cf_diffusion.data import get_dataset
+
+        dataset = get_dataset(data["dataset"])
+        sample = dataset.sample(data["num_images"], seed=config["seed"], resolution=data["resolution"])
+        schema = dataset.schema
+        table = schema.to_values(sample.factors)
+        images = torch.from_numpy(np.ascontiguousarray(sample.images)).permute(0, 3, 1, 2).contiguous()
+        graph = dataset.graph
+    else:
+        from cf_diffusion.data import LabeledImageDataset
+
+        folder = LabeledImageDataset(
+            data["path"],
+            format=data["format"],
+            resolution=data["resolution"],
+            channels=data["channels"],
+            factors=data["factors"],
+            skip_bad=data["skip_bad"],
+        )
+        schema = folder.schema
+        table = schema.to_values(folder.factor_table())
+        pixels = torch.stack([folder[i]["pixel_values"] for i in range(len(folder))])
+        images = ((pixels + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+        if data["graph"] is None:
+            raise ValueError("Config 'data.graph' is required for a folder dataset (e.g. 'age -> hair; smile').")
+        graph = CausalGraph.parse(data["graph"])
+    if set(graph.nodes) != set(schema.names):
+        raise ValueError(f"The graph's nodes {graph.nodes} must be the factors {schema.names}.")
+    return TrainingData(images=images, table=table, schema=schema.with_ranges(table), graph=graph)

@@ -1,0 +1,115 @@
+"""Stage: the factor-conditioned diffusion model (UNet2DConditionModel + FactorEncoder), pixel or latent space.
+
+The denoising loss is the usual epsilon (or v) regression. Each factor is independently replaced by its learned
+null token with probability `factor_dropout`, so any subset of factors can condition the model and guidance has a
+reference. Latent space: the images are encoded once with the trained VAE (posterior means times the scaling
+factor, exactly what the pipeline's abduction uses).
+"""
+
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+from diffusers.optimization import get_scheduler
+from diffusers.training_utils import EMAModel
+from torch import nn
+
+from cf_diffusion.conditioning import FactorEncoder
+from cf_diffusion.training.data import TrainingData, batch_indices, shard_indices
+from cf_diffusion.training.loop import Stage, run_stage
+from cf_diffusion.training.vae import encode_latents
+
+
+class ConditionedUNet(nn.Module):
+    """The UNet and the FactorEncoder trained as one module: (noisy, t, factors, known) -> prediction."""
+
+    def __init__(self, unet: UNet2DConditionModel, factor_encoder: FactorEncoder):
+        super().__init__()
+        self.unet = unet
+        self.factor_encoder = factor_encoder
+
+    def forward(self, noisy, timesteps, factors, known):
+        cond = self.factor_encoder(factors, known)
+        class_labels = cond.vector if self.unet.config.class_embed_type == "projection" else None
+        return self.unet(noisy, timesteps, encoder_hidden_states=cond.tokens, class_labels=class_labels).sample
+
+
+def build_unet(config: dict, sample_size: int, channels: int, num_factors: int) -> UNet2DConditionModel:
+    """A UNet2DConditionModel whose deeper blocks cross-attend to the factor tokens and whose every residual block
+    sees the flattened factor tokens through a projection class embedding."""
+    unet_config = config["unet"]
+    blocks = len(unet_config["block_out_channels"])
+    return UNet2DConditionModel(
+        sample_size=sample_size,
+        in_channels=channels,
+        out_channels=channels,
+        block_out_channels=tuple(unet_config["block_out_channels"]),
+        down_block_types=("DownBlock2D",) + ("CrossAttnDownBlock2D",) * (blocks - 1),
+        up_block_types=("CrossAttnUpBlock2D",) * (blocks - 1) + ("UpBlock2D",),
+        layers_per_block=unet_config["layers_per_block"],
+        cross_attention_dim=unet_config["embed_dim"],
+        attention_head_dim=unet_config["attention_head_dim"],
+        norm_num_groups=unet_config["norm_num_groups"],
+        class_embed_type="projection",
+        projection_class_embeddings_input_dim=num_factors * unet_config["embed_dim"],
+    )
+
+
+def build_noise_scheduler(config: dict) -> DDPMScheduler:
+    """The training noise schedule (cosine, so the last step carries almost no signal of the image)."""
+    return DDPMScheduler(
+        num_train_timesteps=config["unet"]["num_train_timesteps"],
+        beta_schedule="squaredcos_cap_v2",
+        prediction_type=config["unet"]["prediction_type"],
+        clip_sample=False,
+    )
+
+
+def training_targets(data: TrainingData, vae: AutoencoderKL | None) -> torch.Tensor:
+    """What the UNet learns to generate: scaled VAE latents, or pixels in [-1, 1] when there is no VAE."""
+    if vae is None:
+        return data.pixel_batch(torch.arange(len(data)))
+    return encode_latents(vae, data) * vae.config.scaling_factor
+
+
+def train_diffusion(
+    config: dict, data: TrainingData, accelerator: Accelerator, resume: str | None, vae: AutoencoderKL | None = None
+) -> dict:
+    """Trains UNet + FactorEncoder; returns {"unet", "factor_encoder"} with the EMA weights."""
+    unet_config, training = config["unet"], config["training"]
+    torch.manual_seed(config["seed"])
+    targets = training_targets(data, vae)
+    factor_encoder = FactorEncoder(data.schema, embed_dim=unet_config["embed_dim"])
+    unet = build_unet(config, targets.shape[-1], targets.shape[1], len(data.schema))
+    model = ConditionedUNet(unet, factor_encoder)
+    noise_scheduler = build_noise_scheduler(config)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=unet_config["lr"], weight_decay=1e-2)
+    lr_scheduler = get_scheduler(
+        "constant_with_warmup", optimizer, num_warmup_steps=unet_config["lr_warmup_steps"] * accelerator.num_processes
+    )
+    ema = EMAModel(model.parameters(), decay=unet_config["ema_decay"])
+    model, optimizer, lr_scheduler = accelerator.prepare(model, optimizer, lr_scheduler)
+    shard = shard_indices(len(data), accelerator.process_index, accelerator.num_processes)
+    alphas = noise_scheduler.alphas_cumprod
+
+    def loss_fn(micro_step: int) -> torch.Tensor:
+        rows = batch_indices(shard, unet_config["batch_size"], config["seed"], micro_step)
+        clean = targets[rows].to(accelerator.device)
+        factors = data.factor_batch(rows).to(accelerator.device)
+        known = torch.rand(factors.shape, device=accelerator.device) >= unet_config["factor_dropout"]
+        noise = torch.randn_like(clean)
+        timesteps = torch.randint(0, len(alphas), (clean.shape[0],), device=accelerator.device)
+        noisy = noise_scheduler.add_noise(clean, noise, timesteps)
+        target = noise if unet_config["prediction_type"] == "epsilon" else noise_scheduler.get_velocity(
+            clean, noise, timesteps
+        )
+        return F.mse_loss(model(noisy, timesteps, factors, known), target)
+
+    stage = Stage("unet", {"model": model}, optimizer, lr_scheduler, ema)
+    run_stage(
+        stage, accelerator, loss_fn, unet_config["num_steps"], config["output_dir"], training["checkpointing_steps"],
+        training["checkpoints_total_limit"], resume,
+    )
+    trained = accelerator.unwrap_model(model)
+    ema.copy_to(trained.parameters())
+    return {"unet": trained.unet, "factor_encoder": trained.factor_encoder}

@@ -1,0 +1,126 @@
+"""The step loop every training stage shares: accumulation, clipping, EMA, checkpoints, resume, validation."""
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from tqdm.auto import tqdm
+
+from cf_diffusion.training.checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
+
+
+@dataclass
+class Stage:
+    """One trainable stage.
+
+    Attributes:
+        name: the stage name (progress bar, checkpoint folder `output_dir/checkpoints/{name}`).
+        models: name -> module (already passed through `accelerator.prepare`).
+        optimizer: the prepared optimizer.
+        lr_scheduler: the prepared learning-rate scheduler, or None.
+        ema: a diffusers EMAModel over the trained parameters, or None.
+        max_grad_norm: gradient clipping norm (None: no clipping).
+    """
+
+    name: str
+    models: dict[str, torch.nn.Module]
+    optimizer: torch.optim.Optimizer
+    lr_scheduler: object | None = None
+    ema: object | None = None
+    max_grad_norm: float | None = 1.0
+    losses: list[float] = field(default_factory=list)
+
+    def state(self, accelerator: Accelerator) -> dict:
+        state = {
+            "models": {k: accelerator.unwrap_model(m).state_dict() for k, m in self.models.items()},
+            "optimizer": self.optimizer.state_dict(),
+            "rng": torch.get_rng_state(),
+        }
+        if self.lr_scheduler is not None:
+            state["lr_scheduler"] = self.lr_scheduler.state_dict()
+        if self.ema is not None:
+            state["ema"] = self.ema.state_dict()
+        return state
+
+    def load_state(self, state: dict, accelerator: Accelerator) -> None:
+        for key, model in self.models.items():
+            accelerator.unwrap_model(model).load_state_dict(state["models"][key])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.lr_scheduler is not None:
+            self.lr_scheduler.load_state_dict(state["lr_scheduler"])
+        if self.ema is not None:
+            self.ema.load_state_dict(state["ema"])
+        torch.set_rng_state(state["rng"])
+
+
+def run_stage(
+    stage: Stage,
+    accelerator: Accelerator,
+    loss_fn: Callable[[int], torch.Tensor],
+    num_steps: int,
+    output_dir: str | Path,
+    checkpointing_steps: int,
+    checkpoints_total_limit: int = 2,
+    resume_from_checkpoint: str | None = None,
+    validate: Callable[[int], None] | None = None,
+    validation_steps: int = 0,
+) -> int:
+    """Runs a stage to `num_steps` optimizer steps, resuming from its latest checkpoint when asked.
+
+    Args:
+        stage: models, optimizer and friends.
+        accelerator: the run's Accelerator (its `gradient_accumulation_steps` micro-batches make one step).
+        loss_fn: micro-batch index -> scalar loss (micro-batch index = step * accumulation + micro).
+        num_steps: the total number of optimizer steps of the stage.
+        output_dir: the run folder; checkpoints go to `output_dir/checkpoints/{stage.name}`.
+        checkpointing_steps: save every this many steps (and at the end).
+        checkpoints_total_limit: how many checkpoints to keep.
+        resume_from_checkpoint: "latest", a checkpoint folder, or None.
+        validate: called with the step on the main process every `validation_steps` steps (0: never).
+        validation_steps: see `validate`.
+
+    Returns:
+        The step the stage started from (0 for a fresh run).
+    """
+    checkpoint_dir = Path(output_dir) / "checkpoints" / stage.name
+    start = 0
+    path = resolve_checkpoint(checkpoint_dir, resume_from_checkpoint)
+    if path is not None:
+        start, state = load_checkpoint(path)
+        stage.load_state(state, accelerator)
+        accelerator.print(f"[{stage.name}] resumed from {path} at step {start}")
+    accumulation = accelerator.gradient_accumulation_steps
+    progress = tqdm(
+        range(start, num_steps),
+        initial=start,
+        total=num_steps,
+        desc=stage.name,
+        disable=not accelerator.is_local_main_process,
+    )
+    trained = [p for m in stage.models.values() for p in m.parameters() if p.requires_grad]
+    for step in progress:
+        for micro in range(accumulation):
+            with accelerator.accumulate(*stage.models.values()):
+                loss = loss_fn(step * accumulation + micro)
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and stage.max_grad_norm is not None:
+                    accelerator.clip_grad_norm_(trained, stage.max_grad_norm)
+                stage.optimizer.step()
+                if stage.lr_scheduler is not None:
+                    stage.lr_scheduler.step()
+                stage.optimizer.zero_grad(set_to_none=True)
+        if stage.ema is not None:
+            stage.ema.step(trained)
+        value = accelerator.gather(loss.detach()[None]).mean().item()
+        stage.losses.append(value)
+        progress.set_postfix(loss=f"{value:.4f}")
+        accelerator.log({f"{stage.name}/loss": value}, step=step)
+        done = step + 1
+        if accelerator.is_main_process and (done % checkpointing_steps == 0 or done == num_steps):
+            save_checkpoint(checkpoint_dir, done, stage.state(accelerator), keep=checkpoints_total_limit)
+        if validate is not None and validation_steps and accelerator.is_main_process and done % validation_steps == 0:
+            validate(done)
+        accelerator.wait_for_everyone()
+    return start

@@ -1,0 +1,117 @@
+"""`cf-diffusion train`: every stage of a recipe, resumable, ending in one pipeline folder.
+
+Stages, in order: `scm` (NeuralCausalModel.fit on the factor table), `vae` (skipped when the recipe says `vae: null`,
+i.e. pixel space), `unet` (UNet2DConditionModel + FactorEncoder), `predictor` (FactorPredictor). A finished stage is
+saved under `output_dir/stages/{name}` and reused by later runs; an unfinished one resumes from its checkpoints when
+`resume_from_checkpoint` is given. The assembled pipeline goes to `output_dir/pipeline`.
+"""
+
+import time
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+
+from cf_diffusion.training.config import load_config
+from cf_diffusion.training.data import load_training_data
+
+STAGES = ("scm", "vae", "unet", "predictor")
+
+
+def _finished(output_dir: Path, name: str) -> bool:
+    return (output_dir / "stages" / name / "DONE").is_file()
+
+
+def train(
+    config: str | Path | dict,
+    resume_from_checkpoint: str | None = None,
+    stages: tuple[str, ...] = STAGES,
+    overrides: dict | None = None,
+) -> Path | None:
+    """Runs the recipe's stages and assembles the pipeline.
+
+    Args:
+        config: a recipe (YAML path or dict; see training/config.py).
+        resume_from_checkpoint: "latest" (or a folder) to continue an interrupted stage.
+        stages: the stages to run now; the pipeline is assembled once all of them are finished.
+        overrides: recipe values to replace (same nesting as the YAML).
+
+    Returns:
+        The pipeline folder, or None when some stage is still unfinished.
+    """
+    config = load_config(config, overrides)
+    unknown = set(stages) - set(STAGES)
+    if unknown:
+        raise ValueError(f"Unknown training stages {sorted(unknown)}; expected some of {list(STAGES)}.")
+    training = config["training"]
+    output_dir = Path(config["output_dir"])
+    accelerator = Accelerator(
+        mixed_precision=training["mixed_precision"],
+        gradient_accumulation_steps=training["gradient_accumulation_steps"],
+        log_with=training["report_to"],
+        project_dir=str(output_dir),
+    )
+    if training["report_to"]:
+        accelerator.init_trackers("cf-diffusion")
+    set_seed(config["seed"])
+    data = load_training_data(config)
+    timings = {}
+    for name in stages:
+        if name == "vae" and config["vae"] is None or _finished(output_dir, name):
+            continue
+        start = time.perf_counter()
+        models = _run_stage(name, config, data, accelerator, resume_from_checkpoint)
+        if accelerator.is_main_process:
+            for key, model in models.items():
+                model.save_pretrained(output_dir / "stages" / name / key)
+            (output_dir / "stages" / name / "DONE").write_text(f"{time.perf_counter() - start:.0f} s\n")
+        accelerator.wait_for_everyone()
+        timings[name] = time.perf_counter() - start
+        accelerator.print(f"[{name}] finished in {timings[name]:.0f} s")
+    accelerator.end_training()
+    needed = [s for s in STAGES if not (s == "vae" and config["vae"] is None)]
+    if not all(_finished(output_dir, s) for s in needed):
+        return None
+    from cf_diffusion.training.assemble import assemble_pipeline
+
+    path = output_dir / "pipeline"
+    if accelerator.is_main_process:
+        assemble_pipeline(config).save_pretrained(path)
+    accelerator.wait_for_everyone()
+    return path
+
+
+def _run_stage(name: str, config: dict, data, accelerator: Accelerator, resume: str | None) -> dict:
+    """Runs one stage; returns its trained models by component name."""
+    if name == "scm":
+        from cf_diffusion.scm import NeuralCausalModel
+
+        scm_config = config["scm"]
+        scm = NeuralCausalModel(
+            graph=data.graph,
+            schema=data.schema,
+            hidden_dim=scm_config["hidden_dim"],
+            confounder_dim=scm_config["confounder_dim"],
+        )
+        scm.fit(
+            data.table,
+            num_steps=scm_config["num_steps"],
+            batch_size=scm_config["batch_size"],
+            lr=scm_config["lr"],
+            generator=torch.Generator().manual_seed(config["seed"]),
+            show_progress=accelerator.is_local_main_process,
+        )
+        return {"scm": scm}
+    if name == "vae":
+        from cf_diffusion.training.vae import load_or_train_vae
+
+        return {"vae": load_or_train_vae(config, data, accelerator, resume)}
+    if name == "unet":
+        from cf_diffusion.training.assemble import load_stage_vae
+        from cf_diffusion.training.diffusion import train_diffusion
+
+        return train_diffusion(config, data, accelerator, resume, load_stage_vae(config))
+    from cf_diffusion.training.predictor import train_predictor
+
+    return {"factor_predictor": train_predictor(config, data, accelerator, resume)}

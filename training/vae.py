@@ -1,0 +1,91 @@
+"""Stage: an AutoencoderKL trained on the data set (the latent space of the diffusion model)."""
+
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from diffusers import AutoencoderKL
+
+from cf_diffusion.images import image_grid, save_image, to_uint8
+from cf_diffusion.training.data import TrainingData, batch_indices, shard_indices
+from cf_diffusion.training.loop import Stage, run_stage
+
+
+def build_vae(config: dict, resolution: int, channels: int) -> AutoencoderKL:
+    """A small AutoencoderKL with len(block_out_channels) - 1 downsamplings (f = 4 for three blocks)."""
+    vae_config = config["vae"]
+    blocks = len(vae_config["block_out_channels"])
+    return AutoencoderKL(
+        in_channels=channels,
+        out_channels=channels,
+        down_block_types=("DownEncoderBlock2D",) * blocks,
+        up_block_types=("UpDecoderBlock2D",) * blocks,
+        block_out_channels=tuple(vae_config["block_out_channels"]),
+        layers_per_block=vae_config["layers_per_block"],
+        latent_channels=vae_config["latent_channels"],
+        norm_num_groups=vae_config["norm_num_groups"],
+        sample_size=resolution,
+        mid_block_add_attention=False,
+    )
+
+
+@torch.no_grad()
+def encode_latents(vae: AutoencoderKL, data: TrainingData, batch_size: int = 256) -> torch.Tensor:
+    """Posterior means of every image, unscaled: Tensor[N, C_latent, h, w]."""
+    vae.eval()
+    parts = [
+        vae.encode(data.pixel_batch(torch.arange(i, min(i + batch_size, len(data))))).latent_dist.mean
+        for i in range(0, len(data), batch_size)
+    ]
+    return torch.cat(parts)
+
+
+def load_or_train_vae(config: dict, data: TrainingData, accelerator: Accelerator, resume: str | None) -> AutoencoderKL:
+    """The recipe's `vae.pretrained` folder when given (frozen, as in Stable Diffusion), else a newly trained one."""
+    if config["vae"]["pretrained"] is not None:
+        return AutoencoderKL.from_pretrained(config["vae"]["pretrained"])
+    return train_vae(config, data, accelerator, resume)
+
+
+def train_vae(config: dict, data: TrainingData, accelerator: Accelerator, resume: str | None) -> AutoencoderKL:
+    """Trains the autoencoder (L1 + MSE reconstruction + a small KL), then sets `scaling_factor` = 1 / std(latents)."""
+    vae_config, training = config["vae"], config["training"]
+    torch.manual_seed(config["seed"])
+    vae = build_vae(config, config["data"]["resolution"], data.images.shape[1])
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=vae_config["lr"], weight_decay=0.0)
+    vae, optimizer = accelerator.prepare(vae, optimizer)
+    shard = shard_indices(len(data), accelerator.process_index, accelerator.num_processes)
+    fixed = shard[:16]
+
+    def loss_fn(micro_step: int) -> torch.Tensor:
+        pixels = data.pixel_batch(batch_indices(shard, vae_config["batch_size"], config["seed"], micro_step))
+        pixels = pixels.to(accelerator.device)
+        posterior = vae.encode(pixels).latent_dist
+        reconstruction = vae.decode(posterior.sample()).sample
+        reconstruction_loss = F.l1_loss(reconstruction, pixels) + F.mse_loss(reconstruction, pixels)
+        return reconstruction_loss + vae_config["kl_weight"] * posterior.kl().mean()
+
+    def validate(step: int) -> None:
+        model = accelerator.unwrap_model(vae)
+        with torch.no_grad():
+            pixels = data.pixel_batch(fixed).to(accelerator.device)
+            reconstruction = model.decode(model.encode(pixels).latent_dist.mean).sample
+        grid = image_grid(to_uint8(torch.cat([pixels, reconstruction])), columns=16, scale=2)
+        save_image(grid, f"{config['output_dir']}/validation/vae-{step:06d}.png")
+
+    stage = Stage("vae", {"vae": vae}, optimizer)
+    run_stage(
+        stage,
+        accelerator,
+        loss_fn,
+        vae_config["num_steps"],
+        config["output_dir"],
+        training["checkpointing_steps"],
+        training["checkpoints_total_limit"],
+        resume,
+        validate,
+        training["validation_steps"],
+    )
+    vae = accelerator.unwrap_model(vae)
+    latents = encode_latents(vae, data)
+    vae.register_to_config(scaling_factor=float(1.0 / latents.std()))
+    return vae
