@@ -99,7 +99,7 @@ def error_linear_gaussian(steps: int) -> list[tuple[str, float, float, float]]:
     rows = [("linear-Gaussian: E|y_cf - (y + 2(x' - x))| (noise std 1)", (cf["y"][:, 0] - truth).abs().mean().item())]
     for value in (-1.5, 0.0, 1.0):
         mean = model.sample(100_000, {"x": value}, generator=_seed(5))["y"].mean().item()
-        rows.append((f"linear-Gaussian: E[y | do(x={value})] - {2 * value}", abs(mean - 2 * value)))
+        rows.append((f"linear-Gaussian: E[y | do(x={value})] (truth {2 * value})", abs(mean - 2 * value)))
     return [(label, error, 0.1 if "cf" in label else 0.05, math.nan) for label, error in rows]
 
 

@@ -34,13 +34,13 @@ def _edit(args) -> None:
 
     if (args.image is None) == (args.input_dir is None):
         raise ValueError("edit needs exactly one of --image (one file) or --input-dir (a folder of images).")
+    if args.image is not None and args.out is None:
+        raise ValueError("edit --image needs --out (the PNG to write).")
+    image = _open_image(args.image) if args.image is not None else None
     pipe = load_pipeline(args.model)
     interventions = _interventions(pipe.schema, args.do)
     factors = pipe.schema.parse(args.factors) if args.factors else None
-    if args.image is not None:
-        if args.out is None:
-            raise ValueError("edit --image needs --out (the PNG to write).")
-        image = _open_image(args.image)
+    if image is not None:
         result = pipe(image=image, factors=factors, interventions=interventions, **_edit_kwargs(args))
         result.images[0].save(args.out)
         print(f"factual:        {pipe.schema.format_row(result.factual_factors[0])}")
@@ -167,6 +167,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Runs the command; errors are one line on stderr and exit status 2."""
     args = build_parser().parse_args(argv)
+    from diffusers.utils import logging
+
+    logging.disable_progress_bar()
     try:
         args.func(args)
     except (ValueError, FileNotFoundError) as error:

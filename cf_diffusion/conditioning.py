@@ -5,6 +5,10 @@ normalised value (continuous), plus a learned embedding of the factor's identity
 *null* token instead, so training can drop factors at random and inference can guide on any subset of factors
 (classifier-free guidance over factors). The tokens feed cross-attention (`encoder_hidden_states`) and, flattened,
 the UNet's `class_embed_type="projection"` embedding, which reaches every residual block.
+
+A UNet fine-tuned from a pretrained text-to-image model keeps cross-attention for its prompt tokens alone
+(`cross_attention_tokens=False`): appending factor tokens would change the attention softmax, so the model would no
+longer start as the base model; the factors then reach it through the (zero-initialised) class embedding only.
 """
 
 import math
@@ -37,12 +41,17 @@ class FactorEncoder(ModelMixin, ConfigMixin):
 
     Args:
         schema: the factor schema, as `FactorSchema.to_dict()` (or a FactorSchema).
-        embed_dim: token width D (the UNet's `cross_attention_dim`).
+        embed_dim: token width D (the UNet's `cross_attention_dim` when the tokens join cross-attention).
         num_frequencies: Fourier frequencies used to embed a continuous value in [-1, 1].
+        cross_attention_tokens: Whether the factor tokens join the UNet's cross-attention (after the prompt tokens,
+            if any). False: the UNet cross-attends to the prompt tokens only and sees the factors through
+            `class_labels` alone (a UNet fine-tuned from a text-to-image model).
     """
 
     @register_to_config
-    def __init__(self, schema: dict, embed_dim: int = 64, num_frequencies: int = 8):
+    def __init__(
+        self, schema: dict, embed_dim: int = 64, num_frequencies: int = 8, cross_attention_tokens: bool = True
+    ):
         super().__init__()
         if isinstance(schema, FactorSchema):
             schema = schema.to_dict()
@@ -72,6 +81,31 @@ class FactorEncoder(ModelMixin, ConfigMixin):
     def vector_dim(self) -> int:
         """Width of `FactorConditioning.vector` (the UNet's `projection_class_embeddings_input_dim`)."""
         return self.num_factors * self.config.embed_dim
+
+    def encoder_hidden_states(self, tokens: torch.Tensor, prompt_embeds: torch.Tensor | None) -> torch.Tensor:
+        """What the UNet cross-attends to: prompt tokens then factor tokens, or the prompt tokens alone.
+
+        Args:
+            tokens: The factor tokens Tensor[B, F, D] (`FactorConditioning.tokens`, cast as the UNet needs).
+            prompt_embeds: Prompt tokens Tensor[B, L, D_text] from a text encoder, or None.
+
+        Returns:
+            Tensor[B, L + F, D] (or Tensor[B, F, D] without a prompt); Tensor[B, L, D_text] when
+            `cross_attention_tokens` is False.
+
+        Raises:
+            ValueError: If `cross_attention_tokens` is False and there are no prompt tokens.
+        """
+        if not self.config.cross_attention_tokens:
+            if prompt_embeds is None:
+                raise ValueError(
+                    "prompt_embeds are required: this FactorEncoder has cross_attention_tokens=False, so the UNet "
+                    "cross-attends to prompt tokens only (pass a text encoder's embeddings, e.g. of the empty prompt)"
+                )
+            return prompt_embeds
+        if prompt_embeds is None:
+            return tokens
+        return torch.cat([prompt_embeds.to(tokens), tokens], dim=1)
 
     def forward(self, factors: torch.Tensor, known: torch.Tensor | None = None) -> FactorConditioning:
         """Embeds a batch of factor vectors.

@@ -28,7 +28,7 @@ def load_pipeline(model: str | Path = "default", device: str | torch.device = "c
     """Loads a CounterfactualDiffusionPipeline in float32 (shipped weights are stored in float16 to stay small)."""
     from cf_diffusion.pipelines import CounterfactualDiffusionPipeline
 
-    pipe = CounterfactualDiffusionPipeline.from_pretrained(model_path(model), torch_dtype=torch.float32)
+    pipe = CounterfactualDiffusionPipeline.from_pretrained(model_path(model), dtype=torch.float32)
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
 

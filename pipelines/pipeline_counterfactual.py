@@ -74,8 +74,9 @@ class CounterfactualDiffusionPipeline(DiffusionPipeline):
     """Counterfactual image editing with a factor-conditioned diffusion model and a neural causal model.
 
     Args:
-        unet: The factor-conditioned denoiser. Factor tokens go to `encoder_hidden_states`; with
-            `class_embed_type="projection"` the flattened tokens also go to `class_labels`.
+        unet: The factor-conditioned denoiser. Factor tokens go to `encoder_hidden_states` (unless the
+            factor_encoder has `cross_attention_tokens=False`); with `class_embed_type="projection"` the flattened
+            tokens also go to `class_labels`.
         scheduler: The sampler's `DDIMScheduler` (epsilon, v-prediction or sample prediction).
         factor_encoder: Factor vector + known mask -> the UNet's conditioning.
         scm: The causal model over the factors (same factors as `factor_encoder.schema`).
@@ -85,7 +86,8 @@ class CounterfactualDiffusionPipeline(DiffusionPipeline):
         inverse_scheduler: Optional `DDIMInverseScheduler` for DDIM inversion; by default built from the
             scheduler's config.
         text_encoder: Optional transformers text encoder (for models fine-tuned from a text-to-image model); the
-            prompt's tokens go before the factor tokens in `encoder_hidden_states`.
+            prompt's tokens go before the factor tokens in `encoder_hidden_states`, or are all of it when the
+            factor_encoder has `cross_attention_tokens=False` (then a text encoder is required).
         tokenizer: The text encoder's tokenizer.
     """
 
@@ -118,6 +120,11 @@ class CounterfactualDiffusionPipeline(DiffusionPipeline):
             )
         if (text_encoder is None) != (tokenizer is None):
             raise ValueError("text_encoder and tokenizer go together: pass both or neither")
+        if not factor_encoder.config.cross_attention_tokens and text_encoder is None:
+            raise ValueError(
+                "factor_encoder has cross_attention_tokens=False (the UNet cross-attends to prompt tokens only), so "
+                "the pipeline needs a text_encoder and a tokenizer"
+            )
         self.register_modules(
             unet=unet,
             scheduler=scheduler,
@@ -397,8 +404,8 @@ class CounterfactualDiffusionPipeline(DiffusionPipeline):
         cond = self.factor_encoder(factors.to(self.factor_encoder.device), known)
         tokens = cond.tokens.to(self.unet.dtype)
         if prompt_embeds is not None:
-            tokens = torch.cat([prompt_embeds.to(tokens), tokens], dim=1)
-        kwargs = {"encoder_hidden_states": tokens}
+            prompt_embeds = prompt_embeds.to(tokens)
+        kwargs = {"encoder_hidden_states": self.factor_encoder.encoder_hidden_states(tokens, prompt_embeds)}
         if self.unet.config.class_embed_type == "projection":
             kwargs["class_labels"] = cond.vector.to(self.unet.dtype)
         return kwargs

@@ -79,6 +79,7 @@ def test_data_make_writes_an_imagefolder(tmp_path):
 )
 def test_errors_are_one_clear_line_with_nonzero_status(argv, culprit, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    Image.new("RGB", (32, 32)).save(tmp_path / "x.png")
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and culprit in err and "error" in err

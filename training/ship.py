@@ -2,7 +2,7 @@
 
 `python -m cf_diffusion.training.ship --pipeline runs/colored_bars/pipeline --dataset colored-bars
 --out cf_diffusion/assets/colored-bars` writes the folder that `cf-diffusion demo` and `--model default` load
-(with `torch_dtype=torch.float32`, which casts the weights back up).
+(with `dtype=torch.float32`, which casts the weights back up).
 """
 
 import argparse

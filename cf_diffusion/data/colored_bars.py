@@ -162,22 +162,6 @@ class ColoredBars(ProceduralDataset):
         bar = assign("bar", u["u_bar"] < p_bar)
         return {"digit": digit, "size": size, "color": color, "bar": bar}
 
-    def render(self, factors: dict[str, np.ndarray], exogenous: dict[str, np.ndarray], resolution: int) -> np.ndarray:
-        """Renders anti-aliased images at any resolution: uint8 array[N, R, R, 3]."""
-        if not 8 <= resolution <= 4096:
-            raise ValueError(f"resolution must be in [8, 4096], got {resolution}.")
-        n = len(factors["digit"])
-        chunk = max(1, (1 << 20) // resolution**2)
-        parts = [
-            self._render_chunk(
-                {k: v[i : i + chunk] for k, v in factors.items()},
-                {k: v[i : i + chunk] for k, v in exogenous.items()},
-                resolution,
-            )
-            for i in range(0, n, chunk)
-        ]
-        return np.concatenate(parts) if parts else np.zeros((0, resolution, resolution, 3), np.uint8)
-
     def _render_chunk(self, factors: dict, exogenous: dict, resolution: int) -> np.ndarray:
         """Renders rows separably: uint8 array[B, R, R, 3].
 

@@ -132,21 +132,7 @@ class Morpho(ProceduralDataset):
         intensity = assign("intensity", 64.0 + 191.0 / (1.0 + np.exp(-logit)), np.float64)
         return {"digit": digit, "thickness": thickness, "intensity": intensity}
 
-    def render(self, factors: dict[str, np.ndarray], exogenous: dict[str, np.ndarray], resolution: int) -> np.ndarray:
-        """Renders anti-aliased grey digits at any resolution: uint8 array[N, R, R, 3]."""
-        if not 8 <= resolution <= 4096:
-            raise ValueError(f"resolution must be in [8, 4096], got {resolution}.")
-        n = len(factors["digit"])
-        chunk = max(1, (1 << 16) // resolution**2)
-        parts = [
-            self._render_chunk(
-                {k: np.asarray(v)[i : i + chunk] for k, v in factors.items()},
-                {k: np.asarray(v)[i : i + chunk] for k, v in exogenous.items()},
-                resolution,
-            )
-            for i in range(0, n, chunk)
-        ]
-        return np.concatenate(parts) if parts else np.zeros((0, resolution, resolution, 3), np.uint8)
+    chunk_pixels = 1 << 16
 
     def _render_chunk(self, factors: dict, exogenous: dict, resolution: int) -> np.ndarray:
         _, labels = handwritten_digits()

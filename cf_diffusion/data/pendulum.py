@@ -123,22 +123,6 @@ class Pendulum(ProceduralDataset):
         length = assign("shadow_length", np.maximum(3.0, np.abs(pivot - tip)) + NOISE_SCALE * u["n_length"])
         return {"pendulum_angle": pendulum, "light_angle": light, "shadow_position": position, "shadow_length": length}
 
-    def render(self, factors: dict[str, np.ndarray], exogenous: dict[str, np.ndarray], resolution: int) -> np.ndarray:
-        """Renders anti-aliased scenes at any resolution: uint8 array[N, R, R, 3]."""
-        if not 8 <= resolution <= 4096:
-            raise ValueError(f"resolution must be in [8, 4096], got {resolution}.")
-        n = len(factors["pendulum_angle"])
-        chunk = max(1, (1 << 20) // resolution**2)
-        parts = [
-            self._render_chunk(
-                {k: np.asarray(v)[i : i + chunk] for k, v in factors.items()},
-                {k: np.asarray(v)[i : i + chunk] for k, v in exogenous.items()},
-                resolution,
-            )
-            for i in range(0, n, chunk)
-        ]
-        return np.concatenate(parts) if parts else np.zeros((0, resolution, resolution, 3), np.uint8)
-
     def _render_chunk(self, factors: dict, exogenous: dict, resolution: int) -> np.ndarray:
         def column(values: np.ndarray) -> torch.Tensor:
             return torch.from_numpy(np.asarray(values, dtype=np.float64)).float()[:, None, None]

@@ -61,9 +61,28 @@ class ProceduralDataset(ABC):
             factor name -> array[N].
         """
 
+    #: pixels rendered per chunk (bounds the renderer's memory at high resolution)
+    chunk_pixels: int = 1 << 20
+
     @abstractmethod
+    def _render_chunk(self, factors: dict, exogenous: dict, resolution: int) -> np.ndarray:
+        """Draws one chunk of rows: uint8 array[n, R, R, 3]."""
+
     def render(self, factors: dict[str, np.ndarray], exogenous: dict[str, np.ndarray], resolution: int) -> np.ndarray:
-        """Draws the images of rows: uint8 array[N, R, R, 3]."""
+        """Draws the images of rows, anti-aliased, at any resolution: uint8 array[N, R, R, 3]."""
+        if not 8 <= resolution <= 4096:
+            raise ValueError(f"resolution must be in [8, 4096], got {resolution}.")
+        n = len(next(iter(factors.values())))
+        chunk = max(1, self.chunk_pixels // resolution**2)
+        parts = [
+            self._render_chunk(
+                {k: np.asarray(v)[i : i + chunk] for k, v in factors.items()},
+                {k: np.asarray(v)[i : i + chunk] for k, v in exogenous.items()},
+                resolution,
+            )
+            for i in range(0, n, chunk)
+        ]
+        return np.concatenate(parts) if parts else np.zeros((0, resolution, resolution, 3), np.uint8)
 
     def prepare(self) -> None:
         """Loads what every render needs (assets, caches) ahead of time, e.g. before forking render workers.
