@@ -110,6 +110,25 @@ def _data_make(args) -> None:
     print(f"wrote {path}")
 
 
+def _evaluate(args) -> None:
+    from cf_diffusion.evaluation.harness import evaluate
+    from cf_diffusion.models import load_pipeline
+
+    evaluate(
+        load_pipeline(args.model),
+        args.data,
+        args.out,
+        metrics=args.metrics,
+        n=args.n,
+        steps=args.steps,
+        methods=args.methods,
+        seed=args.seed,
+        guidance_scale=args.guidance,
+        inception=args.inception,
+    )
+    print(f"wrote {args.out}/results.json, results.md, results.png")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of `cf-diffusion`."""
     parser = argparse.ArgumentParser(prog="cf-diffusion", description="Causal counterfactual image editing.")
@@ -161,6 +180,21 @@ def build_parser() -> argparse.ArgumentParser:
     make.add_argument("--seed", type=int, default=0)
     make.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
     make.set_defaults(func=_data_make)
+
+    from cf_diffusion.evaluation.harness import METHODS, METRICS
+
+    evaluate = commands.add_parser("evaluate", help="counterfactual metrics and baselines on a labelled data set")
+    evaluate.add_argument("--model", default="default", help="'default', a shipped model name, or a pipeline folder")
+    evaluate.add_argument("--data", required=True, help="a procedural dataset name or a folder from `data make`")
+    evaluate.add_argument("--out", required=True, help="folder for results.json, results.md and results.png")
+    evaluate.add_argument("--metrics", nargs="+", choices=METRICS, default=list(METRICS))
+    evaluate.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
+    evaluate.add_argument("--n", type=int, default=64)
+    evaluate.add_argument("--steps", type=int, nargs="+", default=[25], help="DDIM steps (full run: 10 25 50)")
+    evaluate.add_argument("--guidance", type=float, default=3.0)
+    evaluate.add_argument("--seed", type=int, default=0)
+    evaluate.add_argument("--inception", help="a local Inception TorchScript file for FID/KID")
+    evaluate.set_defaults(func=_evaluate)
     return parser
 
 

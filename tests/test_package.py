@@ -10,8 +10,16 @@ from cf_diffusion.models import load_pipeline, model_path
 
 
 def test_public_api_names():
-    for name in ("CausalGraph", "Factor", "FactorSchema", "NeuralCausalModel", "counterfactual_bounds",
-                 "CounterfactualDiffusionPipeline", "FactorEncoder", "FactorPredictor"):
+    for name in (
+        "CausalGraph",
+        "Factor",
+        "FactorSchema",
+        "NeuralCausalModel",
+        "counterfactual_bounds",
+        "CounterfactualDiffusionPipeline",
+        "FactorEncoder",
+        "FactorPredictor",
+    ):
         assert hasattr(cf_diffusion, name), name
     assert cf_diffusion.CounterfactualDiffusionPipeline is cf_diffusion.pipelines.CounterfactualDiffusionPipeline
 

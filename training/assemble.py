@@ -9,7 +9,8 @@ from cf_diffusion.pipelines import CounterfactualDiffusionPipeline
 from cf_diffusion.predictor import FactorPredictor
 from cf_diffusion.scm import NeuralCausalModel
 from cf_diffusion.training.checkpoint import load_checkpoint
-from cf_diffusion.training.diffusion import ConditionedUNet, build_noise_scheduler, build_unet
+from cf_diffusion.training.diffusion import ConditionedUNet, build_factor_encoder, build_noise_scheduler, build_unet
+from cf_diffusion.training.finetune import load_text_components
 
 
 def load_stage_vae(config: dict) -> AutoencoderKL | None:
@@ -23,14 +24,14 @@ def diffusion_from_checkpoint(config: dict, checkpoint: str | Path, use_ema: boo
     """The UNet + FactorEncoder of an (unfinished) `unet` stage checkpoint, with its EMA weights by default."""
     scm = NeuralCausalModel.from_pretrained(Path(config["output_dir"]) / "stages" / "scm" / "scm")
     data = config["data"]
-    if config["vae"] is None:
+    vae = load_stage_vae(config)
+    if vae is None:
         channels, size = data["channels"], data["resolution"]
     else:
-        channels = config["vae"]["latent_channels"]
-        size = data["resolution"] // 2 ** (len(config["vae"]["block_out_channels"]) - 1)
+        channels = vae.config.latent_channels
+        size = data["resolution"] // 2 ** (len(vae.config.block_out_channels) - 1)
     model = ConditionedUNet(
-        build_unet(config, size, channels, len(scm.schema)),
-        FactorEncoder(scm.schema, embed_dim=config["unet"]["embed_dim"]),
+        build_unet(config, size, channels, len(scm.schema)), build_factor_encoder(config, scm.schema)
     )
     _, state = load_checkpoint(checkpoint)
     model.load_state_dict(state["models"]["model"])
@@ -55,6 +56,9 @@ def assemble_pipeline(config: dict, checkpoint: str | Path | None = None) -> Cou
     else:
         model = diffusion_from_checkpoint(config, checkpoint)
         unet, factor_encoder = model.unet, model.factor_encoder
+    text_encoder, tokenizer = None, None
+    if config["unet"]["pretrained"] is not None:
+        text_encoder, tokenizer = load_text_components(config["unet"]["pretrained"])
     return CounterfactualDiffusionPipeline(
         unet=unet,
         scheduler=DDIMScheduler.from_config(build_noise_scheduler(config).config),
@@ -62,4 +66,6 @@ def assemble_pipeline(config: dict, checkpoint: str | Path | None = None) -> Cou
         scm=NeuralCausalModel.from_pretrained(stages / "scm" / "scm"),
         vae=load_stage_vae(config),
         factor_predictor=FactorPredictor.from_pretrained(stages / "predictor" / "factor_predictor"),
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
     )

@@ -44,7 +44,10 @@ DEFAULTS: dict = {
         "kl_weight": 1e-6,
     },
     "unet": {
-        "pretrained": None,  # a Stable-Diffusion-style folder (unet/, vae/, scheduler/, text_encoder/) to fine-tune
+        # a local Stable-Diffusion-style folder (unet/, vae/, scheduler/, text_encoder/, tokenizer/) to fine-tune
+        # (training/finetune.py); its VAE becomes `vae.pretrained` unless one is given, its noise schedule (and
+        # prediction type) replaces the settings below, and the architecture keys below are ignored
+        "pretrained": None,
         "block_out_channels": [64, 128, 128],
         "layers_per_block": 2,
         "attention_head_dim": 8,
@@ -98,4 +101,13 @@ def load_config(source: str | Path | dict, overrides: dict | None = None) -> dic
     data = config["data"]
     if (data["dataset"] is None) == (data["path"] is None):
         raise ValueError("Config 'data' needs exactly one of 'dataset' (a procedural dataset) or 'path' (a folder).")
+    pretrained = config["unet"]["pretrained"]
+    if pretrained is not None:
+        if config["vae"] is None:
+            raise ValueError(
+                "Config 'vae' cannot be null with 'unet.pretrained': a Stable-Diffusion-style model runs in the "
+                "latent space of its VAE (leave 'vae' out, or give 'vae.pretrained')."
+            )
+        if config["vae"]["pretrained"] is None:
+            config["vae"]["pretrained"] = str(Path(pretrained) / "vae")
     return config

@@ -4,6 +4,10 @@ The denoising loss is the usual epsilon (or v) regression. Each factor is indepe
 null token with probability `factor_dropout`, so any subset of factors can condition the model and guidance has a
 reference. Latent space: the images are encoded once with the trained VAE (posterior means times the scaling
 factor, exactly what the pipeline's abduction uses).
+
+With `unet.pretrained` (a Stable-Diffusion-style folder) the UNet is the pretrained one with zero-initialised factor
+conditioning (training/finetune.py): it cross-attends to the frozen text encoder's tokens of the empty prompt, sees
+the factors through its class embedding, and is trained on the pretrained noise schedule.
 """
 
 import torch
@@ -15,29 +19,66 @@ from diffusers.training_utils import EMAModel
 from torch import nn
 
 from cf_diffusion.conditioning import FactorEncoder
+from cf_diffusion.factors import FactorSchema
 from cf_diffusion.training.data import TrainingData, batch_indices, shard_indices
+from cf_diffusion.training.finetune import (
+    encode_prompts,
+    load_pretrained_unet,
+    load_text_components,
+    pretrained_noise_scheduler,
+)
 from cf_diffusion.training.loop import Stage, run_stage
 from cf_diffusion.training.vae import encode_latents
 
 
 class ConditionedUNet(nn.Module):
-    """The UNet and the FactorEncoder trained as one module: (noisy, t, factors, known) -> prediction."""
+    """The UNet and the FactorEncoder trained as one module: (noisy, t, factors, known[, prompt]) -> prediction."""
 
     def __init__(self, unet: UNet2DConditionModel, factor_encoder: FactorEncoder):
         super().__init__()
         self.unet = unet
         self.factor_encoder = factor_encoder
 
-    def forward(self, noisy, timesteps, factors, known):
+    def forward(
+        self,
+        noisy: torch.Tensor,
+        timesteps: torch.Tensor,
+        factors: torch.Tensor,
+        known: torch.Tensor | None,
+        prompt_embeds: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The UNet's prediction Tensor[B, C, H, W] for noisy samples under factor (and prompt) conditioning.
+
+        Args:
+            noisy: Tensor[B, C, H, W].
+            timesteps: Tensor[B].
+            factors: Tensor[B, F] in `FactorSchema.encode` format.
+            known: bool Tensor[B, F] (False: the factor's null token), or None for all known.
+            prompt_embeds: Prompt tokens Tensor[B, L, D] from the text encoder, or None; required when the factor
+                encoder keeps its tokens out of cross-attention.
+        """
         cond = self.factor_encoder(factors, known)
         class_labels = cond.vector if self.unet.config.class_embed_type == "projection" else None
-        return self.unet(noisy, timesteps, encoder_hidden_states=cond.tokens, class_labels=class_labels).sample
+        hidden_states = self.factor_encoder.encoder_hidden_states(cond.tokens, prompt_embeds)
+        return self.unet(noisy, timesteps, encoder_hidden_states=hidden_states, class_labels=class_labels).sample
+
+
+def build_factor_encoder(config: dict, schema: FactorSchema) -> FactorEncoder:
+    """The recipe's FactorEncoder; a fine-tuned model keeps the factor tokens out of cross-attention."""
+    return FactorEncoder(
+        schema, embed_dim=config["unet"]["embed_dim"], cross_attention_tokens=config["unet"]["pretrained"] is None
+    )
 
 
 def build_unet(config: dict, sample_size: int, channels: int, num_factors: int) -> UNet2DConditionModel:
     """A UNet2DConditionModel whose deeper blocks cross-attend to the factor tokens and whose every residual block
-    sees the flattened factor tokens through a projection class embedding."""
+    sees the flattened factor tokens through a projection class embedding; with `unet.pretrained`, the pretrained
+    UNet with that class embedding added at zero (training/finetune.py)."""
     unet_config = config["unet"]
+    if unet_config["pretrained"] is not None:
+        return load_pretrained_unet(
+            unet_config["pretrained"], sample_size, channels, num_factors * unet_config["embed_dim"]
+        )
     blocks = len(unet_config["block_out_channels"])
     return UNet2DConditionModel(
         sample_size=sample_size,
@@ -56,7 +97,10 @@ def build_unet(config: dict, sample_size: int, channels: int, num_factors: int) 
 
 
 def build_noise_scheduler(config: dict) -> DDPMScheduler:
-    """The training noise schedule (cosine, so the last step carries almost no signal of the image)."""
+    """The training noise schedule: cosine (so the last step carries almost no signal of the image), or the
+    pretrained model's own with `unet.pretrained`."""
+    if config["unet"]["pretrained"] is not None:
+        return pretrained_noise_scheduler(config["unet"]["pretrained"])
     return DDPMScheduler(
         num_train_timesteps=config["unet"]["num_train_timesteps"],
         beta_schedule="squaredcos_cap_v2",
@@ -79,10 +123,15 @@ def train_diffusion(
     unet_config, training = config["unet"], config["training"]
     torch.manual_seed(config["seed"])
     targets = training_targets(data, vae)
-    factor_encoder = FactorEncoder(data.schema, embed_dim=unet_config["embed_dim"])
+    factor_encoder = build_factor_encoder(config, data.schema)
     unet = build_unet(config, targets.shape[-1], targets.shape[1], len(data.schema))
     model = ConditionedUNet(unet, factor_encoder)
     noise_scheduler = build_noise_scheduler(config)
+    prediction_type = noise_scheduler.config.prediction_type
+    prompt_embeds = None
+    if unet_config["pretrained"] is not None:
+        text_encoder, tokenizer = load_text_components(unet_config["pretrained"])
+        prompt_embeds = encode_prompts(text_encoder, tokenizer, [""]).to(accelerator.device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=unet_config["lr"], weight_decay=1e-2)
     lr_scheduler = get_scheduler(
         "constant_with_warmup", optimizer, num_warmup_steps=unet_config["lr_warmup_steps"] * accelerator.num_processes
@@ -100,15 +149,20 @@ def train_diffusion(
         noise = torch.randn_like(clean)
         timesteps = torch.randint(0, len(alphas), (clean.shape[0],), device=accelerator.device)
         noisy = noise_scheduler.add_noise(clean, noise, timesteps)
-        target = noise if unet_config["prediction_type"] == "epsilon" else noise_scheduler.get_velocity(
-            clean, noise, timesteps
-        )
-        return F.mse_loss(model(noisy, timesteps, factors, known), target)
+        target = noise if prediction_type == "epsilon" else noise_scheduler.get_velocity(clean, noise, timesteps)
+        prompt = None if prompt_embeds is None else prompt_embeds.expand(clean.shape[0], -1, -1)
+        return F.mse_loss(model(noisy, timesteps, factors, known, prompt), target)
 
     stage = Stage("unet", {"model": model}, optimizer, lr_scheduler, ema)
     run_stage(
-        stage, accelerator, loss_fn, unet_config["num_steps"], config["output_dir"], training["checkpointing_steps"],
-        training["checkpoints_total_limit"], resume,
+        stage,
+        accelerator,
+        loss_fn,
+        unet_config["num_steps"],
+        config["output_dir"],
+        training["checkpointing_steps"],
+        training["checkpoints_total_limit"],
+        resume,
     )
     trained = accelerator.unwrap_model(model)
     ema.copy_to(trained.parameters())

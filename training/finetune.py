@@ -96,7 +96,7 @@ def load_pretrained_unet(
     if base.config.in_channels != channels:
         raise ValueError(
             f"The UNet of 'unet.pretrained' {str(pretrained)!r} takes {base.config.in_channels}-channel latents, but "
-            f"the VAE gives {channels}; expected the pretrained folder's own VAE (or one with as many latent channels)."
+            f"the VAE gives {channels}; expected the pretrained folder's own VAE (or one with as many channels)."
         )
     return add_factor_conditioning(base, vector_dim, sample_size)
 

@@ -69,9 +69,9 @@ def train(
         accelerator.wait_for_everyone()
         timings[name] = time.perf_counter() - start
         accelerator.print(f"[{name}] finished in {timings[name]:.0f} s")
-    accelerator.end_training()
     needed = [s for s in STAGES if not (s == "vae" and config["vae"] is None)]
     if not all(_finished(output_dir, s) for s in needed):
+        accelerator.end_training()
         return None
     from cf_diffusion.training.assemble import assemble_pipeline
 
@@ -79,6 +79,7 @@ def train(
     if accelerator.is_main_process:
         assemble_pipeline(config).save_pretrained(path)
     accelerator.wait_for_everyone()
+    accelerator.end_training()
     return path
 
 
