@@ -56,7 +56,6 @@ def train(
         accelerator.init_trackers("cf-diffusion")
     set_seed(config["seed"])
     data = load_training_data(config)
-    timings = {}
     for name in stages:
         if name == "vae" and config["vae"] is None or _finished(output_dir, name):
             continue
@@ -67,8 +66,7 @@ def train(
                 model.save_pretrained(output_dir / "stages" / name / key)
             (output_dir / "stages" / name / "DONE").write_text(f"{time.perf_counter() - start:.0f} s\n")
         accelerator.wait_for_everyone()
-        timings[name] = time.perf_counter() - start
-        accelerator.print(f"[{name}] finished in {timings[name]:.0f} s")
+        accelerator.print(f"[{name}] finished in {time.perf_counter() - start:.0f} s")
     needed = [s for s in STAGES if not (s == "vae" and config["vae"] is None)]
     if not all(_finished(output_dir, s) for s in needed):
         accelerator.end_training()
