@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from cf_diffusion.cli import main
-from cf_diffusion.models import load_examples, model_path
+from cf_diffusion.models import SHIPPED_MODELS, load_examples, model_path
 
 
 def test_demo_writes_grid_and_table(tmp_path, capsys):
@@ -85,6 +85,9 @@ def test_errors_are_one_clear_line_with_nonzero_status(argv, culprit, capsys, tm
     assert len(err.splitlines()) == 1 and culprit in err and "error" in err
 
 
-def test_default_model_is_small_enough_to_ship():
-    size = sum(p.stat().st_size for p in model_path("default").rglob("*") if p.is_file())
+@pytest.mark.parametrize("name", sorted(SHIPPED_MODELS))
+def test_shipped_models_are_small_enough_to_ship(name):
+    if not (SHIPPED_MODELS[name] / "model_index.json").is_file():
+        pytest.skip(f"the {name} model is not shipped yet")
+    size = sum(p.stat().st_size for p in model_path(name).rglob("*") if p.is_file())
     assert size <= 10 * 1024 * 1024
