@@ -146,7 +146,7 @@ def main() -> None:
                 {**values, **schema.to_values({target.name: [value] * batch}, partial=True)}
             )
             guided = args.guidance_scale != 1 and bool((counterfactual != factual).any())
-            latents = pipe._encode_images(pipe.image_processor.preprocess(images), pipe.device)
+            latents = pipe.encode_images(pipe.image_processor.preprocess(images), pipe.device)
             pipeline_time = timed(args.repeats, edit, pipe, images, factors, interventions, steps, args.guidance_scale)
             bare_time = timed(args.repeats, bare_loop, pipe, latents, factual, counterfactual, steps, guided)
             print(

@@ -431,8 +431,9 @@ class CounterfactualDiffusionPipeline(DiffusionPipeline):
         """Conditioning of the reference branch and the conditional branch stacked along the batch: Tensor[2N, ...]."""
         return {name: torch.cat([reference_kwargs[name], kwargs[name]]) for name in kwargs}
 
-    def _encode_images(self, pixels: torch.Tensor, device: torch.device) -> torch.Tensor:
-        """Pixels Tensor[B, C, H, W] in [-1, 1] -> the diffusion model's samples (latents or the pixels)."""
+    def encode_images(self, pixels: torch.Tensor, device: torch.device) -> torch.Tensor:
+        """Pixels Tensor[B, C, H, W] in [-1, 1] -> the diffusion model's clean samples: latents
+        `vae.encode(x).latent_dist.mean * scaling_factor` with a VAE, else the pixels themselves (UNet dtype)."""
         if self.vae is None:
             return pixels.to(device=device, dtype=self.unet.dtype)
         latents = self.vae.encode(pixels.to(device=device, dtype=self.vae.dtype)).latent_dist.mean
@@ -504,7 +505,7 @@ class CounterfactualDiffusionPipeline(DiffusionPipeline):
         self.check_inputs(pixels, batch_size, None, factors, abduction=abduction, generator=generator, prompt=prompt)
         device = self._execution_device
         factual = self._factual_factors(factors, pixels, device)
-        x0 = self._encode_images(pixels, device)
+        x0 = self.encode_images(pixels, device)
         return self._invert_samples(x0, factual, num_inference_steps, strength, abduction, generator, prompt)
 
     def _invert_samples(
@@ -644,7 +645,7 @@ class CounterfactualDiffusionPipeline(DiffusionPipeline):
 
         # 2. Abduction of the image noise under the factual conditioning.
         if inversion is None:
-            x0 = self._encode_images(pixels, device)
+            x0 = self.encode_images(pixels, device)
             inversion = self._invert_samples(x0, factual, num_inference_steps, strength, abduction, generator, prompt)
         factual = factual.repeat_interleave(num_counterfactuals, dim=0)
         trajectory = inversion.trajectory.to(device).repeat_interleave(num_counterfactuals, dim=1)

@@ -22,7 +22,7 @@ from cf_diffusion.evaluation.harness import (
     shifted_values,
     true_probability,
 )
-from cf_diffusion.evaluation.methods import EditOptions, Method, apply_method, encode_samples, sdedit
+from cf_diffusion.evaluation.methods import EditOptions, Method, apply_method, sdedit
 from cf_diffusion.inversion import inference_timesteps
 from cf_diffusion.predictor import FactorPredictor
 from cf_diffusion.scm import NeuralCausalModel
@@ -148,7 +148,7 @@ def test_sdedit_starts_from_fresh_forward_noise(pipe, rows):
     images, factual = rows
     factors = {k: v.tolist() for k, v in factual.items()}
     out = sdedit(pipe, images, factors, {}, strength=0.5, num_inference_steps=4, generator=generators(3))
-    samples = encode_samples(pipe, pipe.image_processor.preprocess(images))
+    samples = pipe.encode_images(pipe.image_processor.preprocess(images), pipe.device)
     timesteps = inference_timesteps(pipe.scheduler, 4, 0.5)
     noise = randn_tensor(samples.shape, generator=generators(3))
     alpha_bar = pipe.scheduler.alphas_cumprod[timesteps[0]]

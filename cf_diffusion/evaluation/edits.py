@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from cf_diffusion.data.procedural import ProceduralDataset
+from cf_diffusion.evaluation.harness import read_factors
 
 
 def flipped_levels(factor, indices: np.ndarray) -> np.ndarray:
@@ -36,10 +37,6 @@ class EditSettings:
     guidance_scale: float = 3.0
     strength: float = 1.0
     abduction: str = "ddim"
-
-
-def _to_tensor(images) -> torch.Tensor:
-    return torch.from_numpy(np.asarray(images, dtype=np.float32)).permute(0, 3, 1, 2)
 
 
 @torch.no_grad()
@@ -90,8 +87,7 @@ def evaluate_edits(
                 scm_cf[k].append(cf_values[k].numpy())
         edited = np.concatenate(edited)
         scm_cf = {k: np.concatenate(v) for k, v in scm_cf.items()}
-        read = pipe.factor_predictor.predict(_to_tensor(edited) * 2 - 1)
-        read = {k: read[:, i].round().long().numpy() for i, k in enumerate(schema.names)}
+        read = read_factors(pipe, edited)
         descendants = sorted(graph.descendants(name))
         others = [k for k in schema.names if k != name and k not in descendants]
         report[f"do({name})"] = {

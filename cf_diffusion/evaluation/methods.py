@@ -78,24 +78,6 @@ class EditOptions:
     sdedit_strength: float = 0.6
 
 
-def encode_samples(pipe, pixels: torch.Tensor) -> torch.Tensor:
-    """The diffusion model's clean samples of images: latents `vae.encode(x).latent_dist.mean * scaling_factor`
-    with a VAE (the pipeline's documented convention), else the pixels themselves.
-
-    Args:
-        pipe: A `CounterfactualDiffusionPipeline`.
-        pixels: `Tensor[B, C, H, W]` in [-1, 1].
-
-    Returns:
-        `Tensor[B, c, h, w]` on the pipeline's device, in the UNet's dtype.
-    """
-    if pipe.vae is None:
-        return pixels.to(device=pipe.device, dtype=pipe.unet.dtype)
-    latents = pipe.vae.encode(pixels.to(device=pipe.device, dtype=pipe.vae.dtype)).latent_dist.mean
-    return (latents * pipe.vae.config.scaling_factor).to(pipe.unet.dtype)
-
-
-@torch.no_grad()
 def sdedit(
     pipe,
     image: PipelineImageInput,
@@ -136,7 +118,7 @@ def sdedit(
     expected = (pipe.image_channels, pipe.image_size, pipe.image_size)
     if tuple(pixels.shape[1:]) != expected:
         raise ValueError(f"image has shape (C, H, W) = {tuple(pixels.shape[1:])}; the model edits {expected}")
-    samples = encode_samples(pipe, pixels)
+    samples = pipe.encode_images(pixels, pipe.device)
     timesteps = inference_timesteps(pipe.scheduler, num_inference_steps, strength, samples.device)
     noise = randn_tensor(samples.shape, generator=generator, device=samples.device, dtype=samples.dtype)
     noised = [pipe.scheduler.add_noise(samples, noise, t.repeat(len(samples))) for t in timesteps]
