@@ -5,6 +5,7 @@ from pathlib import Path
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 
 from cf_diffusion.conditioning import FactorEncoder
+from cf_diffusion.factors import FactorSchema
 from cf_diffusion.pipelines import CounterfactualDiffusionPipeline
 from cf_diffusion.predictor import FactorPredictor
 from cf_diffusion.scm import NeuralCausalModel
@@ -20,19 +21,25 @@ def load_stage_vae(config: dict) -> AutoencoderKL | None:
     return AutoencoderKL.from_pretrained(Path(config["output_dir"]) / "stages" / "vae" / "vae")
 
 
-def diffusion_from_checkpoint(config: dict, checkpoint: str | Path, use_ema: bool = True) -> ConditionedUNet:
-    """The UNet + FactorEncoder of an (unfinished) `unet` stage checkpoint, with its EMA weights by default."""
-    scm = NeuralCausalModel.from_pretrained(Path(config["output_dir"]) / "stages" / "scm" / "scm")
+def diffusion_from_checkpoint(
+    config: dict, checkpoint: str | Path, schema: FactorSchema, vae: AutoencoderKL | None, use_ema: bool = True
+) -> ConditionedUNet:
+    """The UNet + FactorEncoder of an (unfinished) `unet` stage checkpoint, with its EMA weights by default.
+
+    Args:
+        config: the run's recipe.
+        checkpoint: a `unet` stage checkpoint folder.
+        schema: the run's factor schema (the SCM's).
+        vae: the run's autoencoder (its latent shape sizes the UNet), or None in pixel space.
+        use_ema: load the EMA weights rather than the raw ones.
+    """
     data = config["data"]
-    vae = load_stage_vae(config)
     if vae is None:
         channels, size = data["channels"], data["resolution"]
     else:
         channels = vae.config.latent_channels
         size = data["resolution"] // 2 ** (len(vae.config.block_out_channels) - 1)
-    model = ConditionedUNet(
-        build_unet(config, size, channels, len(scm.schema)), build_factor_encoder(config, scm.schema)
-    )
+    model = ConditionedUNet(build_unet(config, size, channels, len(schema)), build_factor_encoder(config, schema))
     _, state = load_checkpoint(checkpoint)
     model.load_state_dict(state["models"]["model"])
     if use_ema:
@@ -50,11 +57,13 @@ def assemble_pipeline(config: dict, checkpoint: str | Path | None = None) -> Cou
             (to look at a run while it trains).
     """
     stages = Path(config["output_dir"]) / "stages"
+    scm = NeuralCausalModel.from_pretrained(stages / "scm" / "scm")
+    vae = load_stage_vae(config)
     if checkpoint is None:
         unet = UNet2DConditionModel.from_pretrained(stages / "unet" / "unet")
         factor_encoder = FactorEncoder.from_pretrained(stages / "unet" / "factor_encoder")
     else:
-        model = diffusion_from_checkpoint(config, checkpoint)
+        model = diffusion_from_checkpoint(config, checkpoint, scm.schema, vae)
         unet, factor_encoder = model.unet, model.factor_encoder
     text_encoder, tokenizer = None, None
     if config["unet"]["pretrained"] is not None:
@@ -63,8 +72,8 @@ def assemble_pipeline(config: dict, checkpoint: str | Path | None = None) -> Cou
         unet=unet,
         scheduler=DDIMScheduler.from_config(build_noise_scheduler(config).config),
         factor_encoder=factor_encoder,
-        scm=NeuralCausalModel.from_pretrained(stages / "scm" / "scm"),
-        vae=load_stage_vae(config),
+        scm=scm,
+        vae=vae,
         factor_predictor=FactorPredictor.from_pretrained(stages / "predictor" / "factor_predictor"),
         text_encoder=text_encoder,
         tokenizer=tokenizer,
