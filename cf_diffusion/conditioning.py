@@ -91,7 +91,7 @@ class FactorEncoder(ModelMixin, ConfigMixin):
 
         Returns:
             Tensor[B, L + F, D] (or Tensor[B, F, D] without a prompt); Tensor[B, L, D_text] when
-            `cross_attention_tokens` is False.
+            `cross_attention_tokens` is False. Prompt tokens are cast to the tokens' dtype and device.
 
         Raises:
             ValueError: If `cross_attention_tokens` is False and there are no prompt tokens.
@@ -102,7 +102,7 @@ class FactorEncoder(ModelMixin, ConfigMixin):
                     "prompt_embeds are required: this FactorEncoder has cross_attention_tokens=False, so the UNet "
                     "cross-attends to prompt tokens only (pass a text encoder's embeddings, e.g. of the empty prompt)"
                 )
-            return prompt_embeds
+            return prompt_embeds.to(tokens)
         if prompt_embeds is None:
             return tokens
         return torch.cat([prompt_embeds.to(tokens), tokens], dim=1)

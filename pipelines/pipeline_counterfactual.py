@@ -403,8 +403,6 @@ class CounterfactualDiffusionPipeline(DiffusionPipeline):
         """UNet conditioning for factors Tensor[N, F] (and prompt tokens Tensor[N, L, D]): keyword arguments."""
         cond = self.factor_encoder(factors.to(self.factor_encoder.device), known)
         tokens = cond.tokens.to(self.unet.dtype)
-        if prompt_embeds is not None:
-            prompt_embeds = prompt_embeds.to(tokens)
         kwargs = {"encoder_hidden_states": self.factor_encoder.encoder_hidden_states(tokens, prompt_embeds)}
         if self.unet.config.class_embed_type == "projection":
             kwargs["class_labels"] = cond.vector.to(self.unet.dtype)
