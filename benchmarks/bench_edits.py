@@ -4,8 +4,9 @@
 
 Prints one markdown table per editing setting (abduction, steps, guidance scale, inversion strength): for each
 intervention the fraction of edits whose intervened factor takes the requested value, whose descendants take their
-SCM counterfactual value, whose non-descendants (digit included) are preserved, plus the error to the true
-counterfactual image and the null edit's error. See cf_diffusion/evaluation/edits.py for the definitions.
+SCM counterfactual value, whose non-descendants (digit included) are preserved, the error of each continuous factor,
+the error to the true counterfactual image and the null edit's error; the row `none` reads the unedited images. See
+cf_diffusion/evaluation/edits.py for the definitions.
 """
 
 import argparse
@@ -20,7 +21,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="default")
     parser.add_argument("--dataset", default="colored-bars")
-    parser.add_argument("--factors", nargs="+", default=["size", "color", "bar"])
+    parser.add_argument("--factors", nargs="+", help="factors to intervene on (default: all but the digit)")
     parser.add_argument("--n", type=int, default=128)
     parser.add_argument("--steps", type=int, nargs="+", default=[25])
     parser.add_argument("--guidance", type=float, nargs="+", default=[1.0, 3.0])
@@ -29,13 +30,14 @@ def main() -> None:
     args = parser.parse_args()
     pipe = load_pipeline(args.model)
     dataset = get_dataset(args.dataset)
+    factors = args.factors or [name for name in pipe.schema.names if name != "digit"]
     for abduction in args.abduction:
         for steps in args.steps:
             for strength in args.strength:
                 for guidance in args.guidance:
                     settings = EditSettings(steps, guidance, strength, abduction)
                     start = time.perf_counter()
-                    report = evaluate_edits(pipe, dataset, args.factors, num_rows=args.n, settings=settings)
+                    report = evaluate_edits(pipe, dataset, factors, num_rows=args.n, settings=settings)
                     seconds = time.perf_counter() - start
                     print(
                         f"\n{abduction}, {steps} steps, guidance {guidance}, strength {strength} "

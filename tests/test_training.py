@@ -23,7 +23,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from cf_diffusion import CausalGraph, CounterfactualDiffusionPipeline
 from cf_diffusion.conditioning import FactorEncoder
-from cf_diffusion.data import available_datasets, get_dataset
+from cf_diffusion.data import available_datasets, get_dataset, make_dataset
 from cf_diffusion.training import checkpoint as checkpoint_module
 from cf_diffusion.training import diffusion
 from cf_diffusion.training.assemble import assemble_pipeline
@@ -294,6 +294,16 @@ def test_the_recipe_set_is_complete():
     celeba = load_config(REPO / "configs" / "celeba_hq_sd15.yaml")
     graph = CausalGraph.parse(celeba["data"]["graph"])
     assert set(graph.nodes) == set(celeba["data"]["factors"]) and graph.bidirected
+
+
+def test_folder_recipe_loads_the_chosen_factor_columns(tmp_path):
+    folder = make_dataset("colored-bars", 12, 16, tmp_path / "bars", num_workers=1, show_progress=False)
+    recipe = tiny_recipe(tmp_path / "run")
+    recipe["data"] = {"path": str(folder), "resolution": 16, "factors": ["size", "bar"], "graph": "size -> bar"}
+    data = load_training_data(load_config(recipe))
+    assert data.schema.names == ["size", "bar"]
+    assert data.images.shape == (12, 3, 16, 16) and data.images.dtype == torch.uint8
+    assert set(data.graph.nodes) == {"size", "bar"}
 
 
 # ---------------------------------------------------------------------------------------------- two processes

@@ -72,7 +72,7 @@ def load_training_data(config: dict) -> TrainingData:
             format=data["format"],
             resolution=data["resolution"],
             channels=data["channels"],
-            factors=data["factors"],
+            columns=data["factors"],
             skip_bad=data["skip_bad"],
         )
         schema = folder.schema

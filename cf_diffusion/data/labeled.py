@@ -439,11 +439,14 @@ class LabeledImageDataset(torch.utils.data.Dataset):
         self, schema: FactorSchema | dict | None, overrides: dict | None, columns: Sequence[str] | None
     ) -> tuple[FactorSchema | None, list[str]]:
         source = self._source
-        if schema is None and source.schema_file is not None:
+        from_folder = schema is None and source.schema_file is not None
+        if from_folder:
             schema = json.loads(source.schema_file.read_text())
         if isinstance(schema, dict):
             schema = FactorSchema.from_dict(schema)
         names = list(columns) if columns is not None else (schema.names if schema is not None else source.header)
+        if from_folder and all(name in schema for name in names):
+            schema = FactorSchema([schema[name] for name in names])  # the folder's schema, cut to the chosen columns
         missing = [name for name in names if name not in source.header]
         if missing:
             raise ValueError(f"{source.description}: missing column(s) {missing}; its columns are {source.header}.")
