@@ -163,3 +163,55 @@ class Pendulum(ProceduralDataset):
             alpha = coverage[:, None]
             image = image * (1 - alpha) + rgb * alpha
         return (image.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+    @staticmethod
+    def measure(images: np.ndarray | torch.Tensor) -> dict[str, np.ndarray]:
+        """Reads the four factors off `pendulum` images at any resolution, from colour alone.
+
+        The ball is the reddish pixels (weight `clip((R - G - 0.2) / 0.3, 0, 1)`, G < 0.4), the light the orange ones
+        (`clip((R - B - 0.4) / 0.3, 0, 1)`, G > 0.4); each angle follows from the weighted centroid: the pendulum's
+        `atan2(x - pivot_x, pivot_y - y)`, the light's `atan2(h - pivot_y, x - pivot_x)` at its known height h (the
+        frame cuts off the lamp's top, so its centroid's height is biased). The shadow is read on the
+        pixel rows inside the ground band: per column its coverage `clip((b - v) / (b - 0.12), 0, 1)` of the
+        background grey b (the image's median) by the shadow grey, maximised over those rows; the length is the
+        covered width and the position its centroid, in scene units. A shadow partly outside the frame is read as
+        its visible part; a missing ball or light gives NaN.
+
+        Args:
+            images: uint8 array/Tensor [N, R, R, 3] as rendered.
+
+        Returns:
+            Factor name -> float array[N] in the factors' units (degrees, scene units).
+        """
+        pixels = torch.as_tensor(np.asarray(images)).double() / 255.0
+        if pixels.ndim != 4 or pixels.shape[-1] != 3:
+            raise ValueError(f"pendulum images must be [N, R, R, 3] uint8, got shape {tuple(pixels.shape)}")
+        size = pixels.shape[1]
+        centres = torch.arange(size, dtype=torch.float64) + 0.5
+        xs = SCENE_X[0] + centres / size * (SCENE_X[1] - SCENE_X[0])
+        ys = SCENE_Y[1] - centres / size * (SCENE_Y[1] - SCENE_Y[0])
+        r, g, b = pixels.unbind(-1)
+
+        def centroid(weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            total = weights.sum((1, 2))
+            x = (weights * xs[None, None, :]).sum((1, 2)) / total
+            y = (weights * ys[None, :, None]).sum((1, 2)) / total
+            return x, y
+
+        ball_x, ball_y = centroid(((r - g - 0.2) / 0.3).clamp(0, 1) * (g < 0.4))
+        lamp_x, _ = centroid(((r - b - 0.4) / 0.3).clamp(0, 1) * (g > 0.4))
+        grey = pixels.mean(-1)
+        background = grey.flatten(1).median(dim=1).values[:, None, None]
+        band = (ys > SHADOW_BAND[0]) & (ys < SHADOW_BAND[1])
+        coverage = ((background - grey[:, band]) / (background - SHADOW_COLOR[0])).clamp(0, 1).amax(dim=1)
+        unit = (SCENE_X[1] - SCENE_X[0]) / size
+        length = coverage.sum(1) * unit
+        position = (coverage * xs[None]).sum(1) / coverage.sum(1).clamp(min=1e-9)
+        return {
+            "pendulum_angle": torch.rad2deg(torch.atan2(ball_x - PIVOT[0], PIVOT[1] - ball_y)).numpy(),
+            "light_angle": torch.rad2deg(
+                torch.atan2(torch.full_like(lamp_x, LIGHT_HEIGHT - PIVOT[1]), lamp_x - PIVOT[0])
+            ).numpy(),
+            "shadow_position": position.numpy(),
+            "shadow_length": length.numpy(),
+        }
