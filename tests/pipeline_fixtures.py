@@ -5,6 +5,7 @@ from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 
 from cf_diffusion import CounterfactualDiffusionPipeline
 from cf_diffusion.conditioning import FactorEncoder
+from cf_diffusion.data import get_dataset
 from cf_diffusion.factors import Factor, FactorSchema
 from cf_diffusion.graph import CausalGraph
 from cf_diffusion.predictor import FactorPredictor
@@ -111,3 +112,22 @@ def tiny_images(batch: int, size: int, seed: int = 0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     coarse = torch.rand(batch, 3, 4, 4, generator=g)
     return 0.1 + 0.8 * torch.nn.functional.interpolate(coarse, size=(size, size), mode="bilinear")
+
+
+def procedural_pipeline(name: str) -> CounterfactualDiffusionPipeline:
+    """A deterministic tiny latent pipeline over a procedural dataset's factors: 16 px images, 8x8x4 latents."""
+    dataset = get_dataset(name)
+    schema = dataset.schema
+    torch.manual_seed(2)
+    scm = NeuralCausalModel(graph=dataset.graph, schema=schema, hidden_dim=8, num_importance=4)
+    torch.manual_seed(3)
+    encoder = FactorEncoder(schema, embed_dim=EMBED_DIM, num_frequencies=2)
+    unet = tiny_unet(4, 8, len(schema))
+    torch.manual_seed(4)
+    predictor = FactorPredictor(schema, in_channels=3, sample_size=16, block_out_channels=(8,), norm_num_groups=4)
+    scheduler = DDIMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", clip_sample=False)
+    pipe = CounterfactualDiffusionPipeline(
+        unet=unet, scheduler=scheduler, factor_encoder=encoder, scm=scm, vae=tiny_vae(), factor_predictor=predictor
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe

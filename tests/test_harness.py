@@ -6,13 +6,11 @@ import math
 import numpy as np
 import pytest
 import torch
-from diffusers import DDIMScheduler
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
-from pipeline_fixtures import EMBED_DIM, tiny_unet, tiny_vae
+from pipeline_fixtures import procedural_pipeline
 
 from cf_diffusion import CounterfactualDiffusionPipeline
-from cf_diffusion.conditioning import FactorEncoder
 from cf_diffusion.data import get_dataset, make_dataset
 from cf_diffusion.evaluation.harness import (
     CounterfactualQuery,
@@ -24,36 +22,15 @@ from cf_diffusion.evaluation.harness import (
 )
 from cf_diffusion.evaluation.methods import EditOptions, Method, apply_method, sdedit
 from cf_diffusion.inversion import inference_timesteps
-from cf_diffusion.predictor import FactorPredictor
-from cf_diffusion.scm import NeuralCausalModel
 from cf_diffusion.scm.bounds import counterfactual_bounds
 
 METHOD_NAMES = {"ours-ddim@2", "ours-ddpm@2", "regenerate@2", "no-scm-ddim@2", "sdedit@2"}
 EDITS = {"do(digit)", "do(size)", "do(color)", "do(bar)"}
 
 
-def bars_pipeline() -> CounterfactualDiffusionPipeline:
-    """A deterministic tiny latent pipeline over colored-bars' factors: 16 px images, 8x8x4 latents."""
-    dataset = get_dataset("colored-bars")
-    schema = dataset.schema
-    torch.manual_seed(2)
-    scm = NeuralCausalModel(graph=dataset.graph, schema=schema, hidden_dim=8, num_importance=4)
-    torch.manual_seed(3)
-    encoder = FactorEncoder(schema, embed_dim=EMBED_DIM, num_frequencies=2)
-    unet = tiny_unet(4, 8, len(schema))
-    torch.manual_seed(4)
-    predictor = FactorPredictor(schema, in_channels=3, sample_size=16, block_out_channels=(8,), norm_num_groups=4)
-    scheduler = DDIMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", clip_sample=False)
-    pipe = CounterfactualDiffusionPipeline(
-        unet=unet, scheduler=scheduler, factor_encoder=encoder, scm=scm, vae=tiny_vae(), factor_predictor=predictor
-    )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
 @pytest.fixture(scope="module")
 def pipe() -> CounterfactualDiffusionPipeline:
-    return bars_pipeline()
+    return procedural_pipeline("colored-bars")
 
 
 @pytest.fixture(scope="module")
@@ -91,6 +68,8 @@ def test_end_to_end_writes_every_metric_for_every_method(full_run):
             assert 0.0 <= entry["ground_truth"]["l1"] <= 1.0
             assert 0.0 <= entry["minimality"]["cld"] <= 1.0, (name, edit)
     assert written["interventions"]["do(size)"]["descendants"] == ["bar"]
+    assert set(written["interventions"]["do(size)"]["scm_vs_truth"]) == {"bar"}
+    assert set(written["reader_floor"]) == {"digit", "size", "color", "bar"}
     assert written["interventions"]["do(size)"]["non_descendants"] == ["digit", "color"]
     labels = [q["query"] for q in written["consistency"]]
     assert "P(bar_{size=large} = 1 | size=small, bar=1)" in labels
@@ -100,6 +79,7 @@ def test_end_to_end_writes_every_metric_for_every_method(full_run):
         assert 0.0 <= low <= high <= 1.0
         assert 0.0 <= query["truth"]["probability"] <= 1.0
     markdown = (out / "results.md").read_text()
+    assert "| none | factual images |" in markdown
     for heading in ("## Edits", "## Composition", "## Realism", "## Counterfactual consistency", "## Notes"):
         assert heading in markdown
     assert "| P(bar_{size=large} = 1 \\| size=small, bar=1) |" in markdown  # the query's bar is escaped
@@ -164,6 +144,16 @@ def test_shifted_values_always_change_the_factor():
     schema = get_dataset("colored-bars").schema
     np.testing.assert_array_equal(shifted_values(schema["size"], np.array([0, 1, 1])), [1, 0, 0])
     np.testing.assert_array_equal(shifted_values(schema["digit"], np.array([0, 9])), [1, 0])
+
+
+def test_continuous_shift_draws_from_the_rows_half_the_distribution_away():
+    thickness = get_dataset("morpho").schema["thickness"]
+    values = np.array([1.0, 2.0, 3.0, 4.0])
+    np.testing.assert_allclose(shifted_values(thickness, values), [3.0, 4.0, 1.0, 2.0])
+    shuffled = np.array([4.0, 1.0, 3.0, 2.0])
+    np.testing.assert_allclose(shifted_values(thickness, shuffled), [2.0, 3.0, 1.0, 4.0])
+    single = shifted_values(thickness, np.array([1.0]))
+    np.testing.assert_allclose(single, [1.0 + (thickness.high - thickness.low) / 2])
 
 
 def test_consistency_estimate_on_a_planted_case():

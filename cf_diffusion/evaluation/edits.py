@@ -1,16 +1,24 @@
 """Measuring edits on a procedural dataset, where the true counterfactual of every row is known.
 
 For held-out rows (a seed the model never trained on) and one intervention at a time, the pipeline edits the
-factual image given its true factual factors, and the factor predictor reads every factor off the edited image.
-Per intervention it reports:
+factual image given its true factual factors to the harness's intervention values (`shifted_values`: the other
+level of a discrete factor, a value half the held-out distribution away for a continuous one). Every factor is
+read off the edited image: continuous factors by the dataset's own measurement function where it has one
+(`dataset.measure`, e.g. `morpho`'s thickness and intensity), everything else by the pipeline's factor predictor.
+A discrete reading *takes* its target when it equals it; a continuous reading when it lies within
+`CONTINUOUS_TOLERANCE` held-out standard deviations of it. Per intervention it reports:
 
-- `intervened`: fraction of edits whose intervened factor reads as the requested value;
-- `descendants`: fraction of (edit, descendant) pairs that read as the pipeline's SCM counterfactual value;
-- `non_descendants`: fraction of (edit, non-descendant) pairs that read as the factual value (digit included);
-- `scm_vs_truth`: fraction of descendants whose SCM counterfactual equals the *true* counterfactual (it is below
-  one where the counterfactual is not identified: the bar's own noise is abducted, not known);
+- `intervened`: fraction of edits whose intervened factor takes the requested value;
+- `descendants`: fraction of (edit, descendant) pairs that take the pipeline's SCM counterfactual value;
+- `non_descendants`: fraction of (edit, non-descendant) pairs that keep their factual value (digit included);
+- `digit_kept`: fraction of edits whose digit keeps its factual class (the handwriting's identity);
+- `<factor>_mae`: for each continuous factor, the mean absolute error of its reading against its target;
+- `scm_vs_truth`: fraction of descendants whose SCM counterfactual takes the *true* counterfactual value (below
+  one where the counterfactual is not identified: e.g. the bar's own noise is abducted, not known);
 - `truth_l1`: mean absolute error (images in [0, 1]) between the edited image and the true counterfactual image;
 - `null_edit_l1`: mean absolute error between an image and its null edit (`interventions={}`).
+
+The row `none` reads the unedited images against their own labels: the reader's floor under every figure.
 """
 
 from dataclasses import dataclass
@@ -19,14 +27,9 @@ import numpy as np
 import torch
 
 from cf_diffusion.data.procedural import ProceduralDataset
-from cf_diffusion.evaluation.harness import read_factors
+from cf_diffusion.evaluation.harness import read_factors, shifted_values
 
-
-def flipped_levels(factor, indices: np.ndarray) -> np.ndarray:
-    """Per-row intervention values of a binary factor: the other level."""
-    if not factor.is_discrete or factor.num_levels != 2:
-        raise ValueError(f"Factor {factor.name!r} is not binary; flipping needs exactly two levels.")
-    return 1 - indices
+CONTINUOUS_TOLERANCE = 0.5  # held-out standard deviations within which a continuous reading takes its target
 
 
 @dataclass
@@ -39,6 +42,30 @@ class EditSettings:
     abduction: str = "ddim"
 
 
+def read_edits(pipe, dataset: ProceduralDataset, images: np.ndarray) -> dict[str, np.ndarray]:
+    """Every factor of images in [0, 1] (float array[N, H, W, C]): the dataset's measurement function where it has
+    one, the pipeline's factor predictor for the rest (level indices, or raw units for continuous factors)."""
+    read = read_factors(pipe, images)
+    measure = getattr(dataset, "measure", None)
+    if measure is not None:
+        pixels = np.clip(np.round(images * 255.0), 0, 255).astype(np.uint8)
+        if pixels.shape[-1] == 1:
+            pixels = np.repeat(pixels, 3, axis=-1)
+        read.update({k: np.asarray(v, dtype=np.float64) for k, v in measure(pixels).items() if k in read})
+    return read
+
+
+def _takes(schema, name: str, read: np.ndarray, target: np.ndarray, scale: dict[str, float]) -> np.ndarray:
+    """Per row: whether a reading takes its target (equal level, or within the continuous tolerance)."""
+    if schema[name].is_discrete:
+        return np.asarray(read) == np.asarray(target)
+    return np.abs(np.asarray(read, dtype=np.float64) - np.asarray(target, dtype=np.float64)) <= scale[name]
+
+
+def _rates(schema, names, read, target, scale) -> float:
+    return float(np.mean([_takes(schema, k, read[k], target[k], scale) for k in names])) if names else np.nan
+
+
 @torch.no_grad()
 def evaluate_edits(
     pipe,
@@ -49,26 +76,37 @@ def evaluate_edits(
     seed: int = 12345,
     batch_size: int = 64,
 ) -> dict[str, dict[str, float]]:
-    """Flips each binary factor in `factors` for `num_rows` held-out rows and measures the edits (module docstring).
+    """Intervenes on each factor in `factors` for `num_rows` held-out rows and measures the edits (module docstring).
 
     Returns:
-        {"do(name)": {metric: value}, ..., "null": {"null_edit_l1": value}}.
+        {"none": {...}, "do(name)": {metric: value}, ..., "null": {"null_edit_l1": value}}.
     """
     settings = settings or EditSettings()
     schema, graph = pipe.schema, pipe.scm.graph
+    unknown = [name for name in factors if name not in schema]
+    if unknown:
+        raise ValueError(f"factors {unknown} are not factors of the model; expected some of {schema.names}")
     resolution = pipe.image_size
     sample = dataset.sample(num_rows, seed=seed, resolution=resolution)
     factual = {k: np.asarray(v) for k, v in sample.factors.items()}
     images = sample.images.astype(np.float32) / 255.0
+    if pipe.image_channels == 1:
+        images = images[..., :1]
+    scale = {f.name: CONTINUOUS_TOLERANCE * float(np.std(factual[f.name])) for f in schema if not f.is_discrete}
+    continuous = [f.name for f in schema if not f.is_discrete]
     kwargs = dict(
         num_inference_steps=settings.num_inference_steps,
         strength=settings.strength,
         abduction=settings.abduction,
         output_type="np",
     )
-    report = {}
+    floor = read_edits(pipe, dataset, images)
+    report = {"none": {"non_descendants": _rates(schema, schema.names, floor, factual, scale)}}
+    report["none"].update({f"{k}_mae": float(np.abs(floor[k] - factual[k]).mean()) for k in continuous})
+    if "digit" in floor:
+        report["none"]["digit_kept"] = float(np.mean(floor["digit"] == factual["digit"]))
     for name in factors:
-        values = flipped_levels(schema[name], factual[name])
+        values = shifted_values(schema[name], factual[name])
         truth = dataset.counterfactual(sample.exogenous, {name: values}, resolution=resolution)
         edited, scm_cf = [], {k: [] for k in schema.names}
         for start in range(0, num_rows, batch_size):
@@ -87,19 +125,22 @@ def evaluate_edits(
                 scm_cf[k].append(cf_values[k].numpy())
         edited = np.concatenate(edited)
         scm_cf = {k: np.concatenate(v) for k, v in scm_cf.items()}
-        read = read_factors(pipe, edited)
+        read = read_edits(pipe, dataset, edited)
         descendants = sorted(graph.descendants(name))
         others = [k for k in schema.names if k != name and k not in descendants]
-        report[f"do({name})"] = {
-            "intervened": float(np.mean(read[name] == values)),
-            "descendants": float(np.mean([read[k] == scm_cf[k] for k in descendants])) if descendants else np.nan,
-            "non_descendants": float(np.mean([read[k] == factual[k] for k in others])),
-            "digit_kept": float(np.mean(read["digit"] == factual["digit"])) if "digit" in read else np.nan,
-            "scm_vs_truth": float(np.mean([scm_cf[k] == truth.factors[k] for k in descendants]))
-            if descendants
-            else np.nan,
-            "truth_l1": float(np.abs(edited - truth.images.astype(np.float32) / 255.0).mean()),
+        targets = {**{k: factual[k] for k in others}, **{k: scm_cf[k] for k in descendants}, name: values}
+        truth_images = truth.images.astype(np.float32) / 255.0
+        row = {
+            "intervened": _rates(schema, [name], read, targets, scale),
+            "descendants": _rates(schema, descendants, read, targets, scale),
+            "non_descendants": _rates(schema, others, read, targets, scale),
+            "scm_vs_truth": _rates(schema, descendants, scm_cf, truth.factors, scale),
+            "truth_l1": float(np.abs(edited - truth_images[..., : edited.shape[-1]]).mean()),
         }
+        row.update({f"{k}_mae": float(np.abs(read[k] - targets[k]).mean()) for k in continuous})
+        if "digit" in read and name != "digit":
+            row["digit_kept"] = float(np.mean(read["digit"] == factual["digit"]))
+        report[f"do({name})"] = row
     null = []
     for start in range(0, num_rows, batch_size):
         rows = slice(start, start + batch_size)
@@ -117,7 +158,10 @@ def evaluate_edits(
 
 def format_report(report: dict[str, dict[str, float]]) -> str:
     """A markdown table of `evaluate_edits` results."""
-    metrics = sorted({m for row in report.values() for m in row}, key=lambda m: list(_ORDER).index(m))
+    metrics = sorted(
+        {m for row in report.values() for m in row},
+        key=lambda m: (_ORDER.index(m) if m in _ORDER else _ORDER.index("scm_vs_truth") - 0.5, m),
+    )
     lines = ["| edit | " + " | ".join(metrics) + " |", "|---" * (len(metrics) + 1) + "|"]
     for edit, row in report.items():
         cells = [f"{row[m]:.3f}" if m in row and not np.isnan(row[m]) else "" for m in metrics]
