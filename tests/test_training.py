@@ -304,6 +304,12 @@ def test_folder_recipe_loads_the_chosen_factor_columns(tmp_path):
     assert data.schema.names == ["size", "bar"]
     assert data.images.shape == (12, 3, 16, 16) and data.images.dtype == torch.uint8
     assert set(data.graph.nodes) == {"size", "bar"}
+    recipe["data"]["holdout"] = 4
+    held = load_training_data(load_config(recipe))
+    assert held.images.shape[0] == 8 and torch.equal(held.images, data.images[:8])
+    recipe["data"]["holdout"] = 12
+    with pytest.raises(ValueError, match="data.holdout"):
+        load_training_data(load_config(recipe))
 
 
 # ---------------------------------------------------------------------------------------------- two processes

@@ -21,6 +21,7 @@ DEFAULTS: dict = {
         "channels": 3,
         "factors": None,  # optional list of factor names to keep
         "skip_bad": False,
+        "holdout": 0,  # a folder's last N rows stay out of training (`cf-diffusion evaluate --holdout N` edits them)
     },
     "training": {
         "mixed_precision": "no",

@@ -76,8 +76,14 @@ def load_training_data(config: dict) -> TrainingData:
             skip_bad=data["skip_bad"],
         )
         schema = folder.schema
-        table = schema.to_values(folder.factor_table())
-        pixels = torch.stack([folder[i]["pixel_values"] for i in range(len(folder))])
+        keep = len(folder) - data["holdout"]
+        if not 0 < keep <= len(folder):
+            raise ValueError(
+                f"Config 'data.holdout' must be in [0, {len(folder)}) (the folder has {len(folder)} rows), "
+                f"got {data['holdout']!r}."
+            )
+        table = schema.to_values({k: v[:keep] for k, v in folder.factor_table().items()})
+        pixels = torch.stack([folder[i]["pixel_values"] for i in range(keep)])
         images = ((pixels + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
         if data["graph"] is None:
             raise ValueError("Config 'data.graph' is required for a folder dataset (e.g. 'age -> hair; smile').")
