@@ -17,6 +17,7 @@ from cf_diffusion.evaluation.harness import (
     consistency_queries,
     evaluate,
     judge_estimate,
+    load_evaluation_data,
     shifted_values,
     true_probability,
 )
@@ -254,6 +255,20 @@ def test_user_folder_without_ground_truth_skips_truth_with_a_note(pipe, tmp_path
     assert {"effectiveness", "preservation", "reversibility", "minimality"} <= set(entry)
     assert all("truth" not in query and "bounds" in query for query in results["consistency"])
     assert {p.name for p in (tmp_path / "out").iterdir()} == {"results.json", "results.md", "results.png"}
+
+
+def test_holdout_edits_only_the_folders_last_rows(pipe, tmp_path):
+    folder = make_dataset("colored-bars", 12, 16, tmp_path / "data", num_workers=1, show_progress=False)
+    loaded = load_evaluation_data(pipe, folder, n=3, holdout=4)
+    every = get_dataset("colored-bars").sample(12, seed=0, resolution=16).images.astype(np.float32) / 255.0
+    last = every[8:]
+    for image in loaded.images:  # each chosen row is one of the last four
+        assert min(np.abs(image - other).max() for other in last) < 1e-6
+    assert any("last 4 rows" in note for note in loaded.notes)
+    with pytest.raises(ValueError, match="holdout must be in"):
+        load_evaluation_data(pipe, folder, n=3, holdout=13)
+    with pytest.raises(ValueError, match="holdout applies to a folder"):
+        evaluate(pipe, "colored-bars", tmp_path / "out", n=2, holdout=4)
 
 
 def test_bad_arguments_name_the_culprit(pipe, tmp_path):

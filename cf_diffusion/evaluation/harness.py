@@ -144,17 +144,21 @@ def _procedural_data(pipe, dataset: ProceduralDataset, n: int, seed: int, table_
     )
 
 
-def _folder_data(pipe, folder: Path, n: int, seed: int, table_rows: int) -> EvaluationData:
+def _folder_data(pipe, folder: Path, n: int, seed: int, table_rows: int, holdout: int | None) -> EvaluationData:
     schema = pipe.schema
     loaded = LabeledImageDataset(folder, schema=schema, resolution=pipe.image_size, channels=pipe.image_channels)
     table = loaded.factor_table()
     count = len(loaded)
+    if holdout is not None and not 0 < holdout <= count:
+        raise ValueError(f"holdout must be in [1, {count}] (the folder's rows), got {holdout!r}")
+    first = count - holdout if holdout else 0
     rng = np.random.default_rng(HELD_OUT_SEED + seed)
-    order = rng.permutation(count)
+    order = first + rng.permutation(count - first)
     rows, others = np.sort(order[:n]), np.sort(order[n : n + max(n, REFERENCE_ROWS)])
-    notes = [f"{len(rows)} of the {count} rows of the folder {str(folder)!r} (seeded random choice)"]
-    if count < n:
-        notes.append(f"the folder has only {count} rows, fewer than n={n}")
+    where = f"its last {holdout} rows (held out of training)" if holdout else "all its rows"
+    notes = [f"{len(rows)} rows of the folder {str(folder)!r}, a seeded random choice among {where}"]
+    if count - first < n:
+        notes.append(f"only {count - first} rows to choose from, fewer than n={n}")
 
     def pick(indices: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         pixels = torch.stack([loaded[int(i)]["pixel_values"] for i in indices])
@@ -195,7 +199,9 @@ def _folder_data(pipe, folder: Path, n: int, seed: int, table_rows: int) -> Eval
     return data
 
 
-def load_evaluation_data(pipe, data: str | os.PathLike, n: int, seed: int = 0, table_rows: int = 50_000):
+def load_evaluation_data(
+    pipe, data: str | os.PathLike, n: int, seed: int = 0, table_rows: int = 50_000, holdout: int | None = None
+):
     """The rows to evaluate on: `n` held-out rows of a procedural dataset, or `n` rows of a labelled folder.
 
     Args:
@@ -206,6 +212,7 @@ def load_evaluation_data(pipe, data: str | os.PathLike, n: int, seed: int = 0, t
         seed: Seed of the row choice.
         table_rows: Rows drawn from a procedural dataset's structural equations for the bounds and the true
             counterfactual probabilities.
+        holdout: For a folder: choose among its last `holdout` rows only (None: all of them).
 
     Returns:
         EvaluationData.
@@ -219,7 +226,7 @@ def load_evaluation_data(pipe, data: str | os.PathLike, n: int, seed: int = 0, t
         return _procedural_data(pipe, get_dataset(text), n, seed, table_rows)
     folder = Path(text)
     if folder.is_dir():
-        return _folder_data(pipe, folder, n, seed, table_rows)
+        return _folder_data(pipe, folder, n, seed, table_rows, holdout)
     raise ValueError(
         f"data {text!r} is neither a procedural dataset ({available_datasets()}) nor a folder of labelled images"
     )
@@ -592,6 +599,7 @@ def evaluate(
     table_rows: int = 50_000,
     batch_size: int = 32,
     show_progress: bool = True,
+    holdout: int | None = None,
 ) -> dict[str, Any]:
     """Evaluates counterfactual editing with every metric, for our pipeline and the baselines (module docstring).
 
@@ -616,6 +624,8 @@ def evaluate(
         table_rows: Rows drawn from a procedural dataset for the bounds and the true probabilities.
         batch_size: Images per pipeline call.
         show_progress: Show a progress bar over (intervention, method) pairs.
+        holdout: Edit only the folder's last `holdout` rows (those a recipe's `data.holdout` kept out of training);
+            None chooses among all its rows.
 
     Returns:
         The results, as written to `results.json`: `settings`, `data`, `notes`, `interventions` (per edit: its
@@ -646,7 +656,9 @@ def evaluate(
         )
     method_list = _methods(methods, steps, baseline_steps or max(steps))
     options = EditOptions(guidance_scale, guidance_reference, sdedit_strength)
-    loaded = load_evaluation_data(pipe, data, n, seed, table_rows)
+    if holdout is not None and os.fspath(data) in available_datasets():
+        raise ValueError("holdout applies to a folder of labelled images; procedural rows are always held out")
+    loaded = load_evaluation_data(pipe, data, n, seed, table_rows, holdout)
     notes = list(loaded.notes)
     has_reader = pipe.factor_predictor is not None
     if not has_reader and wanted & {"effectiveness", "consistency"}:
