@@ -101,7 +101,7 @@ def test_tiny_recipe_trains_a_pipeline_that_loads_and_edits(tmp_path):
     run = tmp_path / "run"
     assert path == run / "pipeline" and (path / "model_index.json").is_file()
     assert all((run / "stages" / stage / "DONE").is_file() for stage in STAGES)
-    assert (run / "validation" / "vae-000002.png").is_file()
+    assert (run / "validation" / "vae-000002.png").is_file() and (run / "validation" / "unet-000002.png").is_file()
     assert [p.name for p in list_checkpoints(run / "checkpoints" / "unet")] == ["checkpoint-2", "checkpoint-3"]
 
     pipe = CounterfactualDiffusionPipeline.from_pretrained(path)

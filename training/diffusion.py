@@ -13,13 +13,14 @@ the factors through its class embedding, and is trained on the pretrained noise 
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
-from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, UNet2DConditionModel
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from torch import nn
 
 from cf_diffusion.conditioning import FactorEncoder
 from cf_diffusion.factors import FactorSchema
+from cf_diffusion.images import image_grid, save_image, to_uint8
 from cf_diffusion.training.data import TrainingData, batch_indices, shard_indices
 from cf_diffusion.training.finetune import (
     encode_prompts,
@@ -153,6 +154,25 @@ def train_diffusion(
         prompt = None if prompt_embeds is None else prompt_embeds.expand(clean.shape[0], -1, -1)
         return F.mse_loss(model(noisy, timesteps, factors, known, prompt), target)
 
+    fixed = shard[:16]
+    sampler = DDIMScheduler.from_config(noise_scheduler.config)
+
+    @torch.no_grad()
+    def validate(step: int) -> None:
+        """Top row: 16 training images; bottom row: samples for their factors (20 DDIM steps from fixed noise of a
+        private generator, so training draws the same random numbers with or without validation)."""
+        network = accelerator.unwrap_model(model)
+        factors = data.factor_batch(fixed).to(accelerator.device)
+        shape = (len(fixed), *targets.shape[1:])
+        x = torch.randn(shape, generator=torch.Generator().manual_seed(config["seed"])).to(accelerator.device)
+        prompt = None if prompt_embeds is None else prompt_embeds.expand(len(fixed), -1, -1)
+        sampler.set_timesteps(20)
+        for t in sampler.timesteps:
+            x = sampler.step(network(x, t.expand(len(fixed)).to(x.device), factors, None, prompt), t, x).prev_sample
+        images = x if vae is None else vae.decode(x.to(vae.device) / vae.config.scaling_factor).sample
+        grid = image_grid(to_uint8(torch.cat([data.pixel_batch(fixed), images.cpu()])), columns=16, scale=2)
+        save_image(grid, f"{config['output_dir']}/validation/unet-{step:06d}.png")
+
     stage = Stage("unet", {"model": model}, optimizer, lr_scheduler, ema)
     run_stage(
         stage,
@@ -163,6 +183,8 @@ def train_diffusion(
         training["checkpointing_steps"],
         training["checkpoints_total_limit"],
         resume,
+        validate,
+        training["validation_steps"],
     )
     trained = accelerator.unwrap_model(model)
     ema.copy_to(trained.parameters())
