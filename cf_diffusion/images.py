@@ -17,15 +17,18 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
 def image_grid(
     images: np.ndarray, columns: int, captions: list[str] | None = None, scale: int = 1, min_width: int = 0
 ) -> Image.Image:
-    """Tiles uint8 images [B, H, W, 3] into a grid, optionally with a (multi-line) caption under each image.
+    """Tiles uint8 images [B, H, W, 3] (or greyscale [B, H, W, 1]) into a grid, optionally with a (multi-line)
+    caption under each image.
 
     Args:
-        images: uint8 array[B, H, W, 3].
+        images: uint8 array[B, H, W, 3] or [B, H, W, 1].
         columns: images per row.
         captions: one text per image (may hold newlines).
         scale: nearest-neighbour upscaling of each image.
         min_width: minimum cell width in pixels (room for captions).
     """
+    if images.ndim == 4 and images.shape[-1] == 1:
+        images = np.repeat(images, 3, axis=-1)
     count, height, width = images.shape[:3]
     height, width = height * scale, width * scale
     cell = max(width, min_width)
