@@ -24,7 +24,9 @@ def main() -> None:
     parser.add_argument("--factors", nargs="+", help="factors to intervene on (default: all but the digit)")
     parser.add_argument("--n", type=int, default=128)
     parser.add_argument("--steps", type=int, nargs="+", default=[25])
-    parser.add_argument("--guidance", type=float, nargs="+", default=[1.0, 3.0])
+    parser.add_argument(
+        "--guidance", nargs="+", default=["auto"], help="guidance scales; 'auto' guides by factor kind (the default)"
+    )
     parser.add_argument("--strength", type=float, nargs="+", default=[1.0])
     parser.add_argument("--abduction", nargs="+", default=["ddim", "ddpm"])
     args = parser.parse_args()
@@ -34,13 +36,13 @@ def main() -> None:
     for abduction in args.abduction:
         for steps in args.steps:
             for strength in args.strength:
-                for guidance in args.guidance:
+                for guidance in [None if g == "auto" else float(g) for g in args.guidance]:
                     settings = EditSettings(steps, guidance, strength, abduction)
                     start = time.perf_counter()
                     report = evaluate_edits(pipe, dataset, factors, num_rows=args.n, settings=settings)
                     seconds = time.perf_counter() - start
                     print(
-                        f"\n{abduction}, {steps} steps, guidance {guidance}, strength {strength} "
+                        f"\n{abduction}, {steps} steps, guidance {guidance or 'by factor kind'}, strength {strength} "
                         f"(n={args.n}, {seconds:.0f} s)"
                     )
                     print(format_report(report))

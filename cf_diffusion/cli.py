@@ -20,13 +20,36 @@ def _interventions(schema, text: str | None) -> dict:
 def _edit_kwargs(args) -> dict:
     import torch
 
+    if args.show_mask and args.preserve == "none":
+        raise ValueError("--show-mask draws the preservation mask, which --preserve none turns off.")
     return {
         "num_inference_steps": args.steps,
         "guidance_scale": args.guidance,
         "strength": args.strength,
         "abduction": args.abduction,
         "generator": torch.Generator().manual_seed(args.seed),
+        "preserve": "auto" if args.show_mask and args.preserve is None else args.preserve,
+        "mask_threshold": args.mask_threshold,
+        "working_size": args.working_size,
+        "tile_batch_size": args.tile_batch_size,
     }
+
+
+def _save_edit(result, image, out: Path, show_mask: bool) -> None:
+    """Writes the edited image to `out`; with `show_mask`, also `<out stem>_mask.png`: input | edit | mask."""
+    import numpy as np
+
+    from cf_diffusion.images import image_grid, save_image
+
+    result.images[0].save(out)
+    if not show_mask:
+        return
+    mask = (result.masks[0, 0].cpu().numpy() * 255).round().astype(np.uint8)
+    panels = np.stack([np.asarray(image), np.asarray(result.images[0]), np.repeat(mask[..., None], 3, axis=-1)])
+    coverage = float(result.masks[0].mean())
+    captions = ["input", "edit", f"mask: {coverage:.1%} may change"]
+    path = save_image(image_grid(panels, columns=3, captions=captions), out.with_name(f"{out.stem}_mask.png"))
+    print(f"wrote {path}")
 
 
 def _edit(args) -> None:
@@ -42,7 +65,7 @@ def _edit(args) -> None:
     factors = pipe.schema.parse(args.factors) if args.factors else None
     if image is not None:
         result = pipe(image=image, factors=factors, interventions=interventions, **_edit_kwargs(args))
-        result.images[0].save(args.out)
+        _save_edit(result, image, Path(args.out), args.show_mask)
         print(f"factual:        {pipe.schema.format_row(result.factual_factors[0])}")
         print(f"counterfactual: {pipe.schema.format_row(result.counterfactual_factors[0])}")
         print(f"wrote {args.out}")
@@ -58,8 +81,9 @@ def _edit(args) -> None:
     Path(args.output_dir).mkdir(parents=True, exist_ok=True)
     with state.split_between_processes(files) as mine:
         for path in mine:
-            result = pipe(image=_open_image(path), factors=factors, interventions=interventions, **_edit_kwargs(args))
-            result.images[0].save(Path(args.output_dir) / f"{path.stem}.png")
+            image = _open_image(path)
+            result = pipe(image=image, factors=factors, interventions=interventions, **_edit_kwargs(args))
+            _save_edit(result, image, Path(args.output_dir) / f"{path.stem}.png", args.show_mask)
     state.wait_for_everyone()
     if state.is_main_process:
         print(f"edited {len(files)} images into {args.output_dir}")
@@ -86,12 +110,12 @@ def _generate(args) -> None:
         interventions=_interventions(pipe.schema, args.do),
         num_images=args.n,
         num_inference_steps=args.steps,
-        guidance_scale=args.guidance,
         generator=torch.Generator().manual_seed(args.seed),
         output_type="np",
+        **({} if args.guidance is None else {"guidance_scale": args.guidance}),
     )
     images = (np.asarray(result.images) * 255).round().astype(np.uint8)
-    captions = [pipe.schema.format_row(row).replace(" ", "\n", 1) for row in result.factors]
+    captions = [pipe.schema.format_row(row).replace(" ", "\n") for row in result.factors]
     save_image(image_grid(images, columns=min(8, args.n), captions=captions, scale=3, min_width=110), args.out)
     print(f"wrote {args.out}")
 
@@ -137,7 +161,11 @@ def build_parser() -> argparse.ArgumentParser:
     def editing_options(p: argparse.ArgumentParser, steps: int = 50) -> None:
         p.add_argument("--model", default="default", help="'default', a shipped model name, or a pipeline folder")
         p.add_argument("--steps", type=int, default=steps, help="DDIM steps")
-        p.add_argument("--guidance", type=float, default=3.0, help="guidance scale along the edit")
+        p.add_argument(
+            "--guidance",
+            type=float,
+            help="guidance scale (default: edits guide discrete factors at 3 and continuous ones at 1; generate 3)",
+        )
         p.add_argument("--seed", type=int, default=0)
 
     demo = commands.add_parser("demo", help="edit built-in examples with the default model; writes cf_demo.png")
@@ -155,6 +183,28 @@ def build_parser() -> argparse.ArgumentParser:
     edit.add_argument("--out", help="output PNG (with --image)")
     edit.add_argument("--input-dir", help="edit every image of a folder (split across accelerate processes)")
     edit.add_argument("--output-dir", help="where --input-dir results go")
+    edit.add_argument(
+        "--preserve",
+        choices=("auto", "none"),
+        help="auto: keep the input's own pixels outside the region the intervention affects (default for images "
+        "larger than the model's size); none: let the whole image change",
+    )
+    edit.add_argument(
+        "--mask-threshold", type=float, default=0.5, help="--preserve auto: fraction of the largest effect to mask"
+    )
+    edit.add_argument(
+        "--working-size",
+        type=int,
+        help="shorter side in pixels at which to run the diffusion (e.g. 128 for a 1024 px photo; default: the "
+        "image's own); the edit is brought back to full size",
+    )
+    edit.add_argument("--tile-batch-size", type=int, default=8, help="tiles per UNet call for large images")
+    edit.add_argument(
+        "--show-mask",
+        action="store_true",
+        help="also write OUT_mask.png (OUT's stem + _mask.png): input | edit | mask panel, white where the image "
+        "may change (implies --preserve auto)",
+    )
     edit.set_defaults(func=_edit)
 
     generate = commands.add_parser("generate", help="sample factors from the causal model, then images")
@@ -191,7 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
     evaluate.add_argument("--n", type=int, default=64)
     evaluate.add_argument("--steps", type=int, nargs="+", default=[25], help="DDIM steps (full run: 10 25 50)")
-    evaluate.add_argument("--guidance", type=float, default=3.0)
+    evaluate.add_argument("--guidance", type=float, help="guidance scale (default: by factor kind, as in edit)")
     evaluate.add_argument("--seed", type=int, default=0)
     evaluate.add_argument("--inception", help="a local Inception TorchScript file for FID/KID")
     evaluate.set_defaults(func=_evaluate)

@@ -6,16 +6,11 @@ import numpy as np
 import torch
 from PIL import Image
 
+from cf_diffusion.evaluation.harness import shifted_values
 from cf_diffusion.factors import Factor
+from cf_diffusion.guidance import GuidanceScale
 from cf_diffusion.images import image_grid, save_image
 from cf_diffusion.models import load_examples, load_pipeline
-
-
-def opposite(factor: Factor, value):
-    """The demo's intervention value: the other level of a binary factor, the mirrored value of a continuous one."""
-    if factor.is_discrete:
-        return factor.levels[1 - factor.to_index(value)]
-    return factor.low + factor.high - float(value)
 
 
 def demo_factors(schema) -> list[Factor]:
@@ -37,7 +32,7 @@ def run_demo(
     model: str = "default",
     out: str | Path = "cf_demo.png",
     num_inference_steps: int = 50,
-    guidance_scale: float = 3.0,
+    guidance_scale: GuidanceScale = None,
     seed: int = 0,
 ) -> tuple[Path, list[dict]]:
     """Edits every example image of `model` once per demo factor, writes the grid PNG and returns the factor table.
@@ -52,7 +47,11 @@ def run_demo(
     factual = [e["factors"] for e in examples]
     columns, table = [], []
     for factor in demo_factors(schema):
-        values = [opposite(factor, row[factor.name]) for row in factual]
+        indices = schema.to_values({factor.name: [row[factor.name] for row in factual]}, partial=True)[
+            factor.name
+        ].numpy()
+        values = shifted_values(factor, indices)
+        values = [factor.levels[int(v)] for v in values] if factor.is_discrete else values.tolist()
         out_ = pipe(
             image=images,
             factors=factual,

@@ -8,6 +8,8 @@ import PIL.Image
 import torch
 from diffusers.utils import BaseOutput
 
+from cf_diffusion.tiling import DEFAULT_TILE_OVERLAP
+
 
 @dataclass
 class InversionOutput(BaseOutput):
@@ -24,6 +26,8 @@ class InversionOutput(BaseOutput):
         num_inference_steps: Steps of the full schedule.
         strength: Fraction of the schedule inverted.
         abduction: `"ddim"` or `"ddpm"`.
+        tile_overlap: Overlap of the tiles the UNet ran on, when the latents are larger than its size (regeneration
+            must use the same tiles).
     """
 
     trajectory: torch.Tensor
@@ -33,6 +37,7 @@ class InversionOutput(BaseOutput):
     num_inference_steps: int
     strength: float
     abduction: str
+    tile_overlap: float = DEFAULT_TILE_OVERLAP
 
 
 @dataclass
@@ -47,12 +52,15 @@ class CounterfactualPipelineOutput(BaseOutput):
             input.
         counterfactual_factors: One dict per output image: the counterfactual factors it was generated with.
         inversion: The abduction the images were regenerated from (reusable with `__call__(inversion=...)`).
+        masks: With `preserve`, Tensor[N, 1, H, W] in [0, 1] at the input's resolution: where each image was allowed
+            to change (1) and where it is the input's own pixels (0); else None.
     """
 
     images: list[PIL.Image.Image] | np.ndarray | torch.Tensor
     factual_factors: list[dict[str, Any]]
     counterfactual_factors: list[dict[str, Any]]
     inversion: InversionOutput
+    masks: torch.Tensor | None = None
 
 
 @dataclass

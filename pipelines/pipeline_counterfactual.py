@@ -11,9 +11,17 @@ One call edits a batch of images:
    reference branch is, by default, the factual conditioning: `eps = eps_ref + w (eps_cf - eps_ref)`. The null edit is
    then an exact replay of the abduction for any w (both branches coincide), and w > 1 pushes along the edit only.
    An optional mask keeps the factual trajectory outside the region allowed to change.
+
+Images larger than the model's size are edited in overlapping tiles of the model's size (`cf_diffusion.tiling`), with
+the same tiles and weights in the abduction and the prediction, optionally at a smaller `working_size`. For them the
+edit by default preserves the input (`preserve="auto"`): a DiffEdit-style mask of the region the intervention
+affects, computed from the model's noise predictions under the factual and the counterfactual factors, keeps the
+factual trajectory outside it at every step, and a final composite at the input's resolution puts the input's own
+pixels back outside it.
 """
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any, Literal
 
 import numpy as np
@@ -33,7 +41,9 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from cf_diffusion.conditioning import FactorEncoder
 from cf_diffusion.factors import FactorSchema
+from cf_diffusion.guidance import GuidanceScale, edit_guidance, factor_weights
 from cf_diffusion.inversion import (
+    ModelFn,
     ddim_invert,
     ddim_step,
     ddpm_noise_maps,
@@ -43,6 +53,7 @@ from cf_diffusion.inversion import (
 )
 from cf_diffusion.predictor import FactorPredictor
 from cf_diffusion.scm import NeuralCausalModel
+from cf_diffusion.tiling import DEFAULT_TILE_OVERLAP, TileLayout, tile_layout, tiled_model_fn
 
 from .output import CounterfactualPipelineOutput, GenerationPipelineOutput, InversionOutput
 
@@ -52,9 +63,17 @@ CallbackOnStepEnd = Callable[[DiffusionPipeline, int, int, dict], dict] | Pipeli
 DEFAULT_NUM_INFERENCE_STEPS = 50
 DEFAULT_STRENGTH = 1.0
 DEFAULT_ABDUCTION = "ddim"
+DEFAULT_TILE_BATCH_SIZE = 8
+MASK_NOISE_LEVELS = (0.3, 0.5, 0.7)
+"""Noise levels (fractions of the training schedule) at which `preserve="auto"` compares noise predictions."""
+MASK_NUM_NOISES = 4
+"""Noise draws per level averaged by `preserve="auto"` (one draw gives a visibly noisier mask)."""
+MASK_SEED = 0
+"""Seed of the fixed noise `preserve="auto"` adds (the same for every image, so masks do not depend on the batch)."""
 _ABDUCTIONS = ("ddim", "ddpm")
 _GUIDANCE_REFERENCES = ("factual", "null")
 _OUTPUT_TYPES = ("pil", "np", "pt", "latent")
+_PRESERVE_MODES = ("auto", "none")
 
 
 def _is_column(value: Any) -> bool:
@@ -68,6 +87,13 @@ def _rows(values: dict[str, list]) -> list[dict[str, Any]]:
     """`{name: [v0, v1, ...]}` -> `[{name: v0}, {name: v1}, ...]`."""
     names = list(values)
     return [dict(zip(names, row, strict=True)) for row in zip(*(values[name] for name in names), strict=True)]
+
+
+def _resize(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Images Tensor[B, C, H, W] in [-1, 1] resized to `size` (bicubic, antialiased when shrinking), in [-1, 1]."""
+    if tuple(images.shape[-2:]) == tuple(size):
+        return images
+    return F.interpolate(images, size=tuple(size), mode="bicubic", antialias=True).clamp(-1, 1)
 
 
 class CounterfactualDiffusionPipeline(DiffusionPipeline):
@@ -153,11 +179,19 @@ class CounterfactualDiffusionPipeline(DiffusionPipeline):
 
     @property
     def image_size(self) -> int:
-        """Height and width of the images the pipeline edits."""
+        """Height and width of the images the model was made for; larger images are edited in tiles of this size."""
         return self.unet.config.sample_size * self.vae_scale_factor
 
     @property
-    def guidance_scale(self) -> float:
+    def size_multiple(self) -> int:
+        """Image sides (at the working size) must be multiples of this: the VAE's factor times the UNet's
+        downsampling factor, so that every tile offset lies on the grid of the UNet's deepest features."""
+        return self.vae_scale_factor * 2 ** (len(self.unet.config.block_out_channels) - 1)
+
+    @property
+    def guidance_scale(self) -> float | torch.Tensor:
+        """The guidance weight in use: a number in `generate`, one weight per output image Tensor[N, 1, 1, 1] in an
+        edit (`cf_diffusion.guidance.edit_guidance`)."""
         return self._guidance_scale
 
     @property
@@ -192,7 +226,7 @@ class CounterfactualDiffusionPipeline(DiffusionPipeline):
         interventions: Mapping[str, Any] | None,
         factors: Any,
         num_counterfactuals: int = 1,
-        guidance_scale: float = 1.0,
+        guidance_scale: GuidanceScale = None,
         guidance_reference: str = "factual",
         abduction: str = DEFAULT_ABDUCTION,
         generator: Generator = None,
@@ -200,6 +234,10 @@ class CounterfactualDiffusionPipeline(DiffusionPipeline):
         prompt: str | list[str] | None = None,
         mask: torch.Tensor | None = None,
         callback_on_step_end_tensor_inputs: list[str] | None = None,
+        working_size: int | None = None,
+        preserve: str | torch.Tensor | None = None,
+        mask_threshold: float = 0.5,
+        inversion: InversionOutput | None = None,
     ) -> None:
         """Validates the inputs of `__call__`, `invert` and `generate`; each problem raises a ValueError naming it.
 
@@ -209,7 +247,7 @@ class CounterfactualDiffusionPipeline(DiffusionPipeline):
             interventions: {name: value | callable | per-image column}, or None.
             factors: The factual factors as the user gave them (table forms of `FactorSchema.to_values`), or None.
             num_counterfactuals: K, counterfactual samples per image.
-            guidance_scale: w.
+            guidance_scale: As in `__call__` (None, a number or `{factor: w}`).
             guidance_reference: `"factual"` or `"null"`.
             abduction: `"ddim"` or `"ddpm"`.
             generator: A generator or a list of B generators.
@@ -217,18 +255,17 @@ class CounterfactualDiffusionPipeline(DiffusionPipeline):
             prompt: A prompt, a list of B prompts, or None.
             mask: Tensor[B or 1, 1, H, W] (image or latent resolution) in [0, 1], or None.
             callback_on_step_end_tensor_inputs: Names of tensors passed to the step callback.
+            working_size: Side (the shorter one) in pixels at which the diffusion runs, or None for the image's own.
+            preserve: `"auto"`, `"none"`, a mask like `mask`, or None.
+            mask_threshold: Threshold of the `preserve="auto"` mask, in [0, 1].
+            inversion: A reused inversion (when `image` is None).
 
         Raises:
             ValueError: On any bad input.
         """
         schema = self.schema
         if image is not None:
-            expected = (self.image_channels, self.image_size, self.image_size)
-            if image.ndim != 4 or tuple(image.shape[1:]) != expected:
-                raise ValueError(
-                    f"image has shape (channels, height, width) = {tuple(image.shape[1:])}, but the model edits "
-                    f"images of {expected[0]} channel(s) at {expected[1]}x{expected[2]} pixels"
-                )
+            self._check_image_size(image, working_size)
         if factors is None and image is not None and self.factor_predictor is None:
             raise ValueError(
                 f"factors were not given and the pipeline has no factor_predictor to read them off the image; pass "
@@ -263,8 +300,7 @@ class CounterfactualDiffusionPipeline(DiffusionPipeline):
                 schema.to_values({name: column}, partial=True)
         if not isinstance(num_counterfactuals, int) or num_counterfactuals < 1:
             raise ValueError(f"num_counterfactuals must be an integer >= 1, got {num_counterfactuals!r}")
-        if not isinstance(guidance_scale, int | float) or guidance_scale < 0:
-            raise ValueError(f"guidance_scale must be a number >= 0, got {guidance_scale!r}")
+        factor_weights(schema, guidance_scale)
         if guidance_reference not in _GUIDANCE_REFERENCES:
             raise ValueError(
                 f"guidance_reference must be one of {list(_GUIDANCE_REFERENCES)}, got {guidance_reference!r}"
@@ -286,22 +322,30 @@ class CounterfactualDiffusionPipeline(DiffusionPipeline):
             if not isinstance(prompt, str | list):
                 raise ValueError(f"prompt must be a string or a list of strings, got {type(prompt).__name__}")
         if mask is not None:
-            sizes = {self.image_size, self.unet.config.sample_size}
-            if (
-                not isinstance(mask, torch.Tensor)
-                or mask.ndim != 4
-                or mask.shape[0] not in (1, batch_size)
-                or mask.shape[1] != 1
-                or mask.shape[2] != mask.shape[3]
-                or mask.shape[2] not in sizes
-            ):
-                shape = tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
+            self._check_mask("mask", mask, batch_size, image, working_size, inversion)
+        if preserve is not None:
+            if isinstance(preserve, torch.Tensor):
+                self._check_mask("preserve", preserve, batch_size, image, working_size, inversion)
+            elif not isinstance(preserve, str) or preserve not in _PRESERVE_MODES:
                 raise ValueError(
-                    f"mask must be Tensor[{batch_size} or 1, 1, S, S] with S in {sorted(sizes)} (image or latent "
-                    f"size), got {shape}"
+                    f"preserve must be one of {list(_PRESERVE_MODES)} or a mask Tensor[B or 1, 1, H, W], "
+                    f"got {preserve!r}"
                 )
-            if mask.min() < 0 or mask.max() > 1:
-                raise ValueError("mask values must lie in [0, 1] (1 = may change, 0 = keep the input)")
+            if not isinstance(preserve, str) or preserve != "none":
+                if mask is not None:
+                    raise ValueError(
+                        "pass either mask (latent space only) or preserve (latent space and the input's pixels), "
+                        "not both"
+                    )
+                if image is None:
+                    raise ValueError(
+                        "preserve puts the input's own pixels back outside the mask, so it needs image (not an "
+                        "inversion); with an inversion use mask= (latent space only) or preserve='none'"
+                    )
+        if working_size is not None and image is None:
+            raise ValueError("working_size resizes the image; an inversion is already at the size it was made at")
+        if not isinstance(mask_threshold, int | float) or not 0 <= mask_threshold <= 1:
+            raise ValueError(f"mask_threshold must be a number in [0, 1], got {mask_threshold!r}")
         if callback_on_step_end_tensor_inputs is not None:
             unknown = [k for k in callback_on_step_end_tensor_inputs if k not in self._callback_tensor_inputs]
             if unknown:
@@ -310,43 +354,154 @@ class CounterfactualDiffusionPipeline(DiffusionPipeline):
                     f"{self._callback_tensor_inputs}"
                 )
 
+    def _check_image_size(self, image: torch.Tensor, working_size: int | None) -> None:
+        """Channels must be the model's; the sides at the working size must be multiples of `size_multiple` and at
+        least the model's size.
+
+        Raises:
+            ValueError: On other channels or sizes, or a working size outside [model size, image's shorter side].
+        """
+        channels, height, width = image.shape[1:]
+        size, multiple = self.image_size, self.size_multiple
+        if working_size is not None:
+            if (
+                not isinstance(working_size, int)
+                or working_size % multiple
+                or not size <= working_size <= min(height, width)
+            ):
+                raise ValueError(
+                    f"working_size must be a multiple of {multiple} from the model's size {size} to the image's "
+                    f"shorter side {min(height, width)}, got {working_size!r}"
+                )
+            height, width = self._working_shape(height, width, working_size)
+        if channels != self.image_channels or min(height, width) < size or height % multiple or width % multiple:
+            raise ValueError(
+                f"image has shape (channels, height, width) = {tuple(image.shape[1:])}, but the model edits images "
+                f"of {self.image_channels} channel(s) at {size}x{size} pixels, or larger with sides multiples of "
+                f"{multiple} (pass working_size to edit other sizes at a size it can)"
+            )
+
+    def _working_shape(self, height: int, width: int, working_size: int | None) -> tuple[int, int]:
+        """(height, width) at which an image of `height` x `width` is diffused: its own, or scaled so that its
+        shorter side is `working_size` (the longer one rounded to a multiple of `size_multiple`)."""
+        if working_size is None:
+            return height, width
+        multiple, shorter = self.size_multiple, min(height, width)
+        return tuple(round(side * working_size / shorter / multiple) * multiple for side in (height, width))
+
+    def _check_mask(
+        self,
+        name: str,
+        mask: Any,
+        batch_size: int,
+        image: torch.Tensor | None,
+        working_size: int | None,
+        inversion: InversionOutput | None,
+    ) -> None:
+        """A mask must be Tensor[B or 1, 1, H, W] in [0, 1] at the image's or the latent's resolution.
+
+        Raises:
+            ValueError: Naming `name` (the argument) on any other mask.
+        """
+        factor = self.vae_scale_factor
+        if image is not None:
+            pixel_shape = tuple(image.shape[-2:])
+            latent_shape = tuple(side // factor for side in self._working_shape(*pixel_shape, working_size))
+        elif inversion is not None:
+            latent_shape = tuple(inversion.trajectory.shape[-2:])
+            pixel_shape = tuple(side * factor for side in latent_shape)
+        else:
+            pixel_shape = latent_shape = (self.image_size, self.image_size)
+        if (
+            not isinstance(mask, torch.Tensor)
+            or mask.ndim != 4
+            or mask.shape[0] not in (1, batch_size)
+            or mask.shape[1] != 1
+            or tuple(mask.shape[2:]) not in (pixel_shape, latent_shape)
+        ):
+            shape = tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
+            raise ValueError(
+                f"{name} must be Tensor[{batch_size} or 1, 1, H, W] with (H, W) the image's size {pixel_shape} or "
+                f"the latent's {latent_shape}, got {shape}"
+            )
+        if mask.min() < 0 or mask.max() > 1:
+            raise ValueError(f"{name} values must lie in [0, 1] (1 = may change, 0 = keep the input)")
+
     def _resolve_schedule(
         self,
         inversion: InversionOutput | None,
         num_inference_steps: int | None,
         strength: float | None,
         abduction: str | None,
-    ) -> tuple[int, float, str]:
-        """Fills unset schedule arguments from the inversion (or the defaults); conflicting values raise."""
+        tile_overlap: float | None,
+    ) -> tuple[int, float, str, float]:
+        """Fills unset schedule and tiling arguments from the inversion (or the defaults); conflicting values raise."""
         if inversion is None:
             return (
                 DEFAULT_NUM_INFERENCE_STEPS if num_inference_steps is None else num_inference_steps,
                 DEFAULT_STRENGTH if strength is None else strength,
                 DEFAULT_ABDUCTION if abduction is None else abduction,
+                DEFAULT_TILE_OVERLAP if tile_overlap is None else tile_overlap,
             )
         if not isinstance(inversion, InversionOutput):
             raise ValueError(
                 f"inversion must be an InversionOutput from pipe.invert(...), got {type(inversion).__name__}"
             )
-        given = {"num_inference_steps": num_inference_steps, "strength": strength, "abduction": abduction}
+        given = {
+            "num_inference_steps": num_inference_steps,
+            "strength": strength,
+            "abduction": abduction,
+            "tile_overlap": tile_overlap,
+        }
         for name, value in given.items():
             if value is not None and value != getattr(inversion, name):
                 raise ValueError(
                     f"{name}={value!r} conflicts with the inversion, computed with "
                     f"{name}={getattr(inversion, name)!r}; leave {name} unset or invert again"
                 )
-        return inversion.num_inference_steps, inversion.strength, inversion.abduction
+        return inversion.num_inference_steps, inversion.strength, inversion.abduction, inversion.tile_overlap
+
+    def _resolve_preserve(
+        self, preserve: str | torch.Tensor | None, mask: torch.Tensor | None, pixels: torch.Tensor | None
+    ) -> str | torch.Tensor:
+        """`preserve` as given, or its default: `"auto"` for an image larger than the model's size (unless a `mask`
+        is given), else `"none"`."""
+        if preserve is not None:
+            return preserve
+        larger = pixels is not None and max(pixels.shape[-2:]) > self.image_size
+        return "auto" if larger and mask is None else "none"
 
     def _preprocess_image(self, image: PipelineImageInput) -> torch.Tensor:
         """PIL images, arrays or tensors in [0, 1] -> Tensor[B, C, H, W] float32 in [-1, 1] (not resized)."""
         return self.image_processor.preprocess(image).to(torch.float32)
 
     def _factual_factors(self, factors: Any, pixels: torch.Tensor | None, device: torch.device) -> torch.Tensor:
-        """The factual factors as Tensor[B, F] in `FactorSchema.encode` format (read off the images if not given)."""
+        """The factual factors as Tensor[B, F] in `FactorSchema.encode` format (read off the images, resized to the
+        predictor's size, if not given)."""
         if factors is not None:
             return self.schema.encode(factors).to(device)
         predictor = self.factor_predictor
-        return predictor.predict(pixels.to(device=device, dtype=predictor.dtype)).to(device)
+        size = predictor.config.sample_size
+        return predictor.predict(_resize(pixels, (size, size)).to(device=device, dtype=predictor.dtype)).to(device)
+
+    def _working_pixels(self, pixels: torch.Tensor, working_size: int | None) -> torch.Tensor:
+        """Pixels Tensor[B, C, H, W] resized to the working size (`_working_shape`)."""
+        return _resize(pixels, self._working_shape(*pixels.shape[-2:], working_size))
+
+    def _tile_layout(self, latent_shape: tuple[int, int], tile_overlap: float) -> TileLayout:
+        """The UNet's tiles over a latent of `latent_shape`, at offsets on the grid of its deepest features."""
+        return tile_layout(
+            *latent_shape,
+            tile=self.unet.config.sample_size,
+            overlap=tile_overlap,
+            align=self.size_multiple // self.vae_scale_factor,
+        )
+
+    def _progress_bar(self, total: int, description: str) -> Any:
+        """`self.progress_bar(total=total)` (which follows `set_progress_bar_config`), labelled `description`."""
+        progress_bar = self.progress_bar(total=total)
+        progress_bar.set_description(description, refresh=False)
+        return progress_bar
 
     def _counterfactual_factors(
         self,
@@ -413,14 +568,30 @@ class CounterfactualDiffusionPipeline(DiffusionPipeline):
         return self.unet(x, t, **kwargs, return_dict=False)[0]
 
     def _guided_model_output(
-        self, latents: torch.Tensor, t: torch.Tensor, kwargs: dict[str, torch.Tensor], guided: bool
+        self,
+        model_fn: ModelFn,
+        latents: torch.Tensor,
+        t: torch.Tensor,
+        kwargs: dict[str, torch.Tensor],
+        guided: bool,
     ) -> torch.Tensor:
-        """The UNet output at `latents`; when guided, `kwargs` stack the reference and the conditional branch (as
-        `_stack_branches` makes them), both run in one call, and `out_ref + w (out - out_ref)` is returned."""
+        """The output of `model_fn` (the UNet, or its tiled version) at `latents`; when guided, `kwargs` stack the
+        reference and the conditional branch (as `_stack_branches` makes them), both run in one call, and
+        `out_ref + w (out - out_ref)` is returned."""
         if not guided:
-            return self.unet(latents, t, **kwargs, return_dict=False)[0]
-        reference, conditional = self.unet(torch.cat([latents, latents]), t, **kwargs, return_dict=False)[0].chunk(2)
+            return model_fn(latents, t, kwargs)
+        reference, conditional = model_fn(torch.cat([latents, latents]), t, kwargs).chunk(2)
         return reference + self.guidance_scale * (conditional - reference)
+
+    def _predicted_noise(self, model_output: torch.Tensor, sample: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The model's output at `(sample, t)` as a noise prediction eps, whatever the scheduler's prediction type."""
+        alpha_bar = self.scheduler.alphas_cumprod[int(t)].to(sample)
+        prediction_type = self.scheduler.config.prediction_type
+        if prediction_type == "epsilon":
+            return model_output
+        if prediction_type == "v_prediction":
+            return alpha_bar.sqrt() * model_output + (1 - alpha_bar).sqrt() * sample
+        return (sample - alpha_bar.sqrt() * model_output) / (1 - alpha_bar).sqrt()
 
     @staticmethod
     def _stack_branches(
@@ -429,32 +600,135 @@ class CounterfactualDiffusionPipeline(DiffusionPipeline):
         """Conditioning of the reference branch and the conditional branch stacked along the batch: Tensor[2N, ...]."""
         return {name: torch.cat([reference_kwargs[name], kwargs[name]]) for name in kwargs}
 
+    @contextmanager
+    def _vae_tiling(self, height: int, width: int) -> Iterator[None]:
+        """Tiled VAE encoding and decoding (`vae.enable_tiling()`) for images of `height` x `width` pixels larger
+        than the VAE's sample size; the VAE's own setting is restored afterwards."""
+        vae = self.vae
+        if vae is None or vae.use_tiling or max(height, width) <= vae.config.sample_size:
+            yield
+            return
+        vae.enable_tiling()
+        try:
+            yield
+        finally:
+            vae.disable_tiling()
+
     def encode_images(self, pixels: torch.Tensor, device: torch.device) -> torch.Tensor:
         """Pixels Tensor[B, C, H, W] in [-1, 1] -> the diffusion model's clean samples: latents
-        `vae.encode(x).latent_dist.mean * scaling_factor` with a VAE, else the pixels themselves (UNet dtype)."""
+        `vae.encode(x).latent_dist.mean * scaling_factor` with a VAE (tiled above its sample size), else the pixels
+        themselves (UNet dtype)."""
         if self.vae is None:
             return pixels.to(device=device, dtype=self.unet.dtype)
-        latents = self.vae.encode(pixels.to(device=device, dtype=self.vae.dtype)).latent_dist.mean
+        with self._vae_tiling(*pixels.shape[-2:]):
+            latents = self.vae.encode(pixels.to(device=device, dtype=self.vae.dtype)).latent_dist.mean
         return (latents * self.vae.config.scaling_factor).to(self.unet.dtype)
 
-    def _decode_latents(self, latents: torch.Tensor, output_type: str) -> Any:
-        """Samples -> images of `output_type` (latents are returned as they are for `"latent"`)."""
+    def _decode_latents(
+        self,
+        latents: torch.Tensor,
+        output_type: str,
+        reference: torch.Tensor | None = None,
+        pixel_mask: torch.Tensor | None = None,
+    ) -> Any:
+        """Samples -> images of `output_type` (latents are returned as they are for `"latent"`).
+
+        Args:
+            latents: Tensor[N, c, h, w].
+            output_type: `"pil"`, `"np"`, `"pt"` or `"latent"`.
+            reference: The input pixels Tensor[N, C, H, W] in [-1, 1], or None: the decoded images are resized to
+                their size.
+            pixel_mask: Tensor[N, 1, H, W] in [0, 1], or None: the images are `m * decoded + (1 - m) * reference`,
+                so where m is 0 they are the reference's pixels exactly.
+        """
         if output_type == "latent":
             return latents
+        images = latents
         if self.vae is not None:
-            latents = self.vae.decode(latents.to(self.vae.dtype) / self.vae.config.scaling_factor, return_dict=False)[
-                0
-            ]
-        return self.image_processor.postprocess(latents.float(), output_type=output_type)
+            size = [side * self.vae_scale_factor for side in latents.shape[-2:]]
+            with self._vae_tiling(*size):
+                images = self.vae.decode(
+                    latents.to(self.vae.dtype) / self.vae.config.scaling_factor, return_dict=False
+                )[0]
+        images = images.float()
+        if reference is not None:
+            images = _resize(images, reference.shape[-2:])
+        if pixel_mask is not None:
+            images = pixel_mask * images + (1 - pixel_mask) * reference
+        return self.image_processor.postprocess(images, output_type=output_type)
 
-    def _prepare_mask(self, mask: torch.Tensor | None, batch_size: int, device: torch.device) -> torch.Tensor | None:
-        """A mask at latent resolution, Tensor[B * K, 1, h, w], or None."""
+    def _prepare_mask(
+        self, mask: torch.Tensor | None, batch_size: int, latent_shape: tuple[int, int], device: torch.device
+    ) -> torch.Tensor | None:
+        """A mask at latent resolution, Tensor[B * K, 1, h, w] (area-averaged from the image's), or None."""
         if mask is None:
             return None
-        size = self.unet.config.sample_size
-        if mask.shape[-1] != size:
-            mask = F.interpolate(mask.float(), size=(size, size), mode="area")
+        if tuple(mask.shape[-2:]) != tuple(latent_shape):
+            mask = F.interpolate(mask.float(), size=tuple(latent_shape), mode="area")
         return mask.to(device=device, dtype=self.unet.dtype).expand(batch_size, -1, -1, -1)
+
+    def _pixel_mask(
+        self, mask: torch.Tensor, batch_size: int, pixel_shape: tuple[int, int], device: torch.device
+    ) -> torch.Tensor:
+        """A mask at the input's resolution, Tensor[B * K, 1, H, W] float32; a latent mask is upsampled by nearest
+        neighbour, so it is 0 exactly on every pixel of a latent pixel where it is 0."""
+        if tuple(mask.shape[-2:]) != tuple(pixel_shape):
+            mask = F.interpolate(mask.float(), size=tuple(pixel_shape), mode="nearest-exact")
+        return mask.to(device=device, dtype=torch.float32).expand(batch_size, -1, -1, -1)
+
+    def _edit_mask(
+        self,
+        layout: TileLayout,
+        tile_batch_size: int,
+        x0: torch.Tensor,
+        factual: torch.Tensor,
+        counterfactual: torch.Tensor,
+        prompt_embeds: torch.Tensor | None,
+        threshold: float,
+    ) -> torch.Tensor:
+        """DiffEdit-style mask of the region an edit affects (Couairon et al., "DiffEdit", ICLR 2023), computed from
+        this model's noise predictions.
+
+        At each of `MASK_NOISE_LEVELS` the clean samples are noised with `MASK_NUM_NOISES` fixed noises (seeded by
+        `MASK_SEED`, the same for every image) and |eps(factual factors) - eps(counterfactual factors)| is taken,
+        averaged over channels, noises and levels; it is divided by its maximum per image, thresholded, and dilated
+        by one latent pixel. Images whose factors do not change get an empty mask.
+
+        Args:
+            layout: The tiles (the same as the edit's).
+            tile_batch_size: Tiles per UNet call.
+            x0: Tensor[N, c, h, w], the clean factual samples.
+            factual: Tensor[N, F], the factual factors.
+            counterfactual: Tensor[N, F], the counterfactual factors.
+            prompt_embeds: Tensor[N, L, D] or None.
+            threshold: Fraction of the maximum difference from which a latent pixel is in the mask.
+
+        Returns:
+            Tensor[N, 1, h, w] in {0, 1} (UNet dtype): 1 where the image may change.
+        """
+        changed = (counterfactual != factual).any(dim=1)
+        if not changed.any():
+            return x0.new_zeros((x0.shape[0], 1, *x0.shape[2:]))
+        kwargs = self._stack_branches(
+            self._unet_kwargs(factual, None, prompt_embeds), self._unet_kwargs(counterfactual, None, prompt_embeds)
+        )
+        generator = torch.Generator().manual_seed(MASK_SEED)
+        noises = torch.randn((MASK_NUM_NOISES, *x0.shape[1:]), generator=generator).to(x0)
+        num_calls = len(MASK_NOISE_LEVELS) * MASK_NUM_NOISES
+        difference = 0
+        with self._progress_bar(num_calls * layout.num_tiles, "edit mask") as progress_bar:
+            model_fn = tiled_model_fn(self._model_fn, layout, tile_batch_size, progress_bar.update)
+            for level in MASK_NOISE_LEVELS:
+                t = torch.tensor(round(level * (self.scheduler.config.num_train_timesteps - 1)), device=x0.device)
+                for noise in noises:
+                    noisy = torch.cat([self.scheduler.add_noise(x0, noise.expand_as(x0), t.reshape(1))] * 2)
+                    eps = self._predicted_noise(model_fn(noisy, t, kwargs), noisy, t)
+                    eps_factual, eps_counterfactual = eps.chunk(2)
+                    difference = difference + (eps_counterfactual - eps_factual).abs().mean(dim=1, keepdim=True)
+        difference = difference / num_calls
+        peak = difference.amax(dim=(2, 3), keepdim=True).clamp(min=torch.finfo(difference.dtype).tiny)
+        mask = (difference / peak >= threshold) & changed[:, None, None, None]
+        return F.max_pool2d(mask.to(x0.dtype), kernel_size=3, stride=1, padding=1)
 
     def _callback(
         self,
@@ -482,11 +756,15 @@ class CounterfactualDiffusionPipeline(DiffusionPipeline):
         abduction: Literal["ddim", "ddpm"] = DEFAULT_ABDUCTION,
         generator: Generator = None,
         prompt: str | list[str] | None = None,
+        working_size: int | None = None,
+        tile_overlap: float = DEFAULT_TILE_OVERLAP,
+        tile_batch_size: int = DEFAULT_TILE_BATCH_SIZE,
     ) -> InversionOutput:
         """Abducts the image noise U_I: inverts the sampler under the factual conditioning, with guidance 1.
 
         Args:
-            image: B images (PIL, or arrays / tensors in [0, 1]) of the model's size and channels.
+            image: B images (PIL, or arrays / tensors in [0, 1]) with the model's channels, of the model's size or
+                larger (sides multiples of `size_multiple`, unless `working_size` is given).
             factors: The factual factors: a dict of values (one image), a list of dicts (one per image) or a dict of
                 columns; None reads them off the images with the `factor_predictor`.
             num_inference_steps: Steps of the full schedule.
@@ -494,17 +772,33 @@ class CounterfactualDiffusionPipeline(DiffusionPipeline):
             abduction: `"ddim"` (deterministic inversion) or `"ddpm"` (exact edit-friendly noise maps).
             generator: Noise of the DDPM abduction: a generator or a list of B.
             prompt: Prompt(s) for a pipeline with a text encoder.
+            working_size: Shorter side, in pixels, at which to invert (the image is resized to it); None inverts at
+                the image's own size.
+            tile_overlap: Fraction in [0, 1) of a tile shared with its neighbour, for latents larger than the UNet's.
+            tile_batch_size: Tiles per UNet call.
 
         Returns:
-            InversionOutput, to pass to `__call__(inversion=...)` (any number of times).
+            InversionOutput, to pass to `__call__(inversion=...)` (any number of times; its images come out at the
+            working size).
         """
         pixels = self._preprocess_image(image)
         batch_size = pixels.shape[0]
-        self.check_inputs(pixels, batch_size, None, factors, abduction=abduction, generator=generator, prompt=prompt)
+        self.check_inputs(
+            pixels,
+            batch_size,
+            None,
+            factors,
+            abduction=abduction,
+            generator=generator,
+            prompt=prompt,
+            working_size=working_size,
+        )
         device = self._execution_device
         factual = self._factual_factors(factors, pixels, device)
-        x0 = self.encode_images(pixels, device)
-        return self._invert_samples(x0, factual, num_inference_steps, strength, abduction, generator, prompt)
+        x0 = self.encode_images(self._working_pixels(pixels, working_size), device)
+        return self._invert_samples(
+            x0, factual, num_inference_steps, strength, abduction, generator, prompt, tile_overlap, tile_batch_size
+        )
 
     def _invert_samples(
         self,
@@ -515,16 +809,16 @@ class CounterfactualDiffusionPipeline(DiffusionPipeline):
         abduction: str,
         generator: Generator,
         prompt: str | list[str] | None,
+        tile_overlap: float,
+        tile_batch_size: int,
     ) -> InversionOutput:
+        """Abduction of clean samples Tensor[B, c, h, w] (see `invert`), tiled when larger than the UNet's size."""
         device = x0.device
+        layout = self._tile_layout(x0.shape[-2:], tile_overlap)
         timesteps = inference_timesteps(self.scheduler, num_inference_steps, strength, device)
         kwargs = self._unet_kwargs(factual, None, self._encode_prompt(prompt, x0.shape[0], device))
-        with self.progress_bar(total=len(timesteps)) as progress_bar:
-
-            def model_fn(x: torch.Tensor, t: torch.Tensor, cond: dict[str, torch.Tensor]) -> torch.Tensor:
-                progress_bar.update()
-                return self._model_fn(x, t, cond)
-
+        with self._progress_bar(len(timesteps) * layout.num_tiles, "abduction") as progress_bar:
+            model_fn = tiled_model_fn(self._model_fn, layout, tile_batch_size, progress_bar.update)
             if abduction == "ddim":
                 inverse_scheduler = self.inverse_scheduler or inverse_scheduler_for(self.scheduler)
                 inverse_scheduler.set_timesteps(num_inference_steps, device=device)
@@ -540,6 +834,7 @@ class CounterfactualDiffusionPipeline(DiffusionPipeline):
             num_inference_steps=num_inference_steps,
             strength=strength,
             abduction=abduction,
+            tile_overlap=tile_overlap,
         )
 
     # ------------------------------------------------------------------ editing
@@ -551,7 +846,7 @@ class CounterfactualDiffusionPipeline(DiffusionPipeline):
         interventions: Mapping[str, Any] | None = None,
         factors: Any = None,
         num_inference_steps: int | None = None,
-        guidance_scale: float = 3.0,
+        guidance_scale: GuidanceScale = None,
         guidance_reference: Literal["factual", "null"] = "factual",
         strength: float | None = None,
         abduction: Literal["ddim", "ddpm"] | None = None,
@@ -564,11 +859,20 @@ class CounterfactualDiffusionPipeline(DiffusionPipeline):
         callback_on_step_end: CallbackOnStepEnd | None = None,
         callback_on_step_end_tensor_inputs: list[str] | None = None,
         inversion: InversionOutput | None = None,
+        preserve: Literal["auto", "none"] | torch.Tensor | None = None,
+        mask_threshold: float = 0.5,
+        working_size: int | None = None,
+        tile_overlap: float | None = None,
+        tile_batch_size: int = DEFAULT_TILE_BATCH_SIZE,
     ) -> CounterfactualPipelineOutput | tuple:
         """Edits images counterfactually: what would each image have been had the intervened factors been different?
 
+        Images larger than the model's size are edited in overlapping tiles of its size, the same tiles in the
+        abduction and the prediction (so a DDPM null edit still reproduces the input exactly).
+
         Args:
-            image: B images (PIL, or arrays / tensors in [0, 1]) of the model's size and channels; not needed with
+            image: B images (PIL, or arrays / tensors in [0, 1]) with the model's channels, of the model's size or
+                larger (sides multiples of `size_multiple`, unless `working_size` is given); not needed with
                 `inversion`.
             interventions: `{name: value}` (level name, index or number; or one value per image) or
                 `{name: callable}` (a shift of the factual value, e.g. `lambda t: t + 1`). None or `{}` is the null
@@ -577,7 +881,10 @@ class CounterfactualDiffusionPipeline(DiffusionPipeline):
                 columns. None reads them off the images with the `factor_predictor`. Not used with `inversion`.
             num_inference_steps: Steps of the full schedule (default 50, or the inversion's).
             guidance_scale: w in `eps = eps_ref + w (eps_cf - eps_ref)`; 1 disables guidance, larger values push
-                harder along the edit.
+                harder along the edit. One number for every factor, `{factor: w}`, or None: w = 3 for discrete factors
+                and 1 for continuous ones (`cf_diffusion.guidance`: guidance sharpens a change of level but
+                overshoots a continuous value); each image is guided by the largest w among the factors its edit
+                changes.
             guidance_reference: The reference branch: `"factual"` (the factual factors; the null edit stays an
                 exact replay for any w) or `"null"` (the counterfactual factors with the changed ones unknown).
             strength: Fraction in (0, 1] of the schedule to invert and regenerate (default 1, or the inversion's):
@@ -585,8 +892,9 @@ class CounterfactualDiffusionPipeline(DiffusionPipeline):
             abduction: `"ddim"` (default, or the inversion's) or `"ddpm"`.
             num_counterfactuals: K counterfactual factor samples per image (they differ where the causal model
                 is not deterministic); the output has B * K images, image-major.
-            mask: Optional Tensor[B or 1, 1, S, S] in [0, 1] at image or latent size: 1 where the image may change,
-                0 where the factual trajectory is kept at every step.
+            mask: Optional Tensor[B or 1, 1, H, W] in [0, 1] at image or latent size: 1 where the image may change,
+                0 where the factual trajectory is kept at every step (latent space only; `preserve` also puts the
+                input's pixels back).
             prompt: Prompt(s) for a pipeline with a text encoder.
             generator: A generator or a list of B (one per input image) for the causal model's and DDPM's noise.
             output_type: `"pil"`, `"np"`, `"pt"` or `"latent"`.
@@ -595,16 +903,29 @@ class CounterfactualDiffusionPipeline(DiffusionPipeline):
                 step; a `"latents"` entry in the returned dict replaces the latents.
             callback_on_step_end_tensor_inputs: Tensors passed to the callback (default `["latents"]`).
             inversion: A reused `invert(...)` result; then `image` and `factors` must be None.
+            preserve: What of the input to keep. `"auto"`: a mask of the region the intervention affects (from the
+                difference of the model's noise predictions under the factual and the counterfactual factors) keeps
+                the factual trajectory outside it at every step, and the output is composited at the input's
+                resolution, `m * edit + (1 - m) * input`, so pixels outside it are the input's own; empty for the
+                null edit. A Tensor like `mask`: the same with the user's mask. `"none"`: neither. Default: `"auto"`
+                for images larger than the model's size (unless `mask` is given), else `"none"`. Needs `image`.
+            mask_threshold: `preserve="auto"`: fraction in [0, 1] of an image's largest prediction difference from
+                which a latent pixel may change (before a one-pixel dilation).
+            working_size: Shorter side, in pixels, at which the diffusion runs (a multiple of `size_multiple`,
+                from the model's size to the image's): the image is resized to it (antialiased bicubic), edited, and
+                the edit resized back to the image's size. None runs at the image's own size.
+            tile_overlap: Fraction in [0, 1) of a tile shared with its neighbour (default 0.25, or the inversion's).
+            tile_batch_size: Tiles per UNet call (memory against speed; the result does not depend on it).
 
         Returns:
-            CounterfactualPipelineOutput (or the tuple `(images, factual_factors, counterfactual_factors,
-            inversion)`).
+            CounterfactualPipelineOutput (or the tuple of its fields that are not None: `(images, factual_factors,
+            counterfactual_factors, inversion[, masks])`).
         """
         if isinstance(callback_on_step_end, PipelineCallback | MultiPipelineCallbacks):
             callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
         callback_on_step_end_tensor_inputs = callback_on_step_end_tensor_inputs or ["latents"]
-        num_inference_steps, strength, abduction = self._resolve_schedule(
-            inversion, num_inference_steps, strength, abduction
+        num_inference_steps, strength, abduction, tile_overlap = self._resolve_schedule(
+            inversion, num_inference_steps, strength, abduction, tile_overlap
         )
         if inversion is not None:
             if image is not None or factors is not None:
@@ -629,8 +950,12 @@ class CounterfactualDiffusionPipeline(DiffusionPipeline):
             prompt,
             mask,
             callback_on_step_end_tensor_inputs,
+            working_size,
+            preserve,
+            mask_threshold,
+            inversion,
         )
-        self._guidance_scale = guidance_scale
+        preserve = self._resolve_preserve(preserve, mask, pixels)
         self._interrupt = False
         device = self._execution_device
 
@@ -643,8 +968,10 @@ class CounterfactualDiffusionPipeline(DiffusionPipeline):
 
         # 2. Abduction of the image noise under the factual conditioning.
         if inversion is None:
-            x0 = self.encode_images(pixels, device)
-            inversion = self._invert_samples(x0, factual, num_inference_steps, strength, abduction, generator, prompt)
+            x0 = self.encode_images(self._working_pixels(pixels, working_size), device)
+            inversion = self._invert_samples(
+                x0, factual, num_inference_steps, strength, abduction, generator, prompt, tile_overlap, tile_batch_size
+            )
         factual = factual.repeat_interleave(num_counterfactuals, dim=0)
         trajectory = inversion.trajectory.to(device).repeat_interleave(num_counterfactuals, dim=1)
         noise_maps = None
@@ -652,48 +979,61 @@ class CounterfactualDiffusionPipeline(DiffusionPipeline):
             noise_maps = inversion.noise_maps.to(device).repeat_interleave(num_counterfactuals, dim=1)
         timesteps = inference_timesteps(self.scheduler, num_inference_steps, strength, device)
         self._num_timesteps = len(timesteps)
+        layout = self._tile_layout(trajectory.shape[-2:], tile_overlap)
 
         # 3. Conditioning: counterfactual factors, and the guidance reference when it differs from them.
+        num_outputs = batch_size * num_counterfactuals
         prompt_embeds = self._encode_prompt(prompt, batch_size, device)
         if prompt_embeds is not None:
             prompt_embeds = prompt_embeds.repeat_interleave(num_counterfactuals, dim=0)
         kwargs = self._unet_kwargs(counterfactual, None, prompt_embeds)
         changed = counterfactual != factual
-        guided = guidance_scale != 1 and bool(changed.any())
+        weights = edit_guidance(self.schema, guidance_scale, changed)
+        self._guidance_scale = weights.to(device=trajectory.device, dtype=trajectory.dtype).view(-1, 1, 1, 1)
+        guided = bool((changed.any(dim=1) & (weights != 1)).any())
         if guided:
             known = None if guidance_reference == "factual" else ~changed
             reference = factual if guidance_reference == "factual" else counterfactual
             kwargs = self._stack_branches(self._unet_kwargs(reference, known, prompt_embeds), kwargs)
-        mask = self._prepare_mask(mask, batch_size * num_counterfactuals, device)
 
-        # 4. Prediction of the image: regenerate from the abducted noise.
+        # 4. The region the edit may change: the computed mask, the user's, or none.
+        if isinstance(preserve, str) and preserve == "auto":
+            preserve = self._edit_mask(
+                layout, tile_batch_size, trajectory[-1], factual, counterfactual, prompt_embeds, mask_threshold
+            )
+        user_mask = preserve if isinstance(preserve, torch.Tensor) else mask
+        latent_mask = self._prepare_mask(user_mask, num_outputs, trajectory.shape[-2:], device)
+        pixel_mask = None
+        if isinstance(preserve, torch.Tensor):
+            pixel_mask = self._pixel_mask(preserve, num_outputs, pixels.shape[-2:], device)
+
+        # 5. Prediction of the image: regenerate from the abducted noise.
         latents = trajectory[0]
-        with self.progress_bar(total=len(timesteps)) as progress_bar:
+        with self._progress_bar(len(timesteps) * layout.num_tiles, "prediction") as progress_bar:
+            model_fn = tiled_model_fn(self._model_fn, layout, tile_batch_size, progress_bar.update)
             for i, t in enumerate(timesteps):
                 if self.interrupt:
                     continue
-                model_output = self._guided_model_output(latents, t, kwargs, guided)
+                model_output = self._guided_model_output(model_fn, latents, t, kwargs, guided)
                 if noise_maps is None:
                     latents = ddim_step(self.scheduler, model_output, t, latents)
                 else:
                     latents = ddpm_step(self.scheduler, model_output, t, latents, noise_maps[i])
-                if mask is not None:
-                    latents = mask * latents + (1 - mask) * trajectory[i + 1]
+                if latent_mask is not None:
+                    latents = latent_mask * latents + (1 - latent_mask) * trajectory[i + 1]
                 latents = self._callback(callback_on_step_end, callback_on_step_end_tensor_inputs, i, t, latents)
-                progress_bar.update()
 
-        images = self._decode_latents(latents, output_type)
+        reference = None if pixels is None else pixels.to(device).repeat_interleave(num_counterfactuals, dim=0)
+        images = self._decode_latents(latents, output_type, reference, pixel_mask)
         self.maybe_free_model_hooks()
-        factual_factors = _rows(self.schema.decode(factual.cpu()))
-        counterfactual_factors = _rows(self.schema.decode(counterfactual.cpu()))
-        if not return_dict:
-            return images, factual_factors, counterfactual_factors, inversion
-        return CounterfactualPipelineOutput(
+        output = CounterfactualPipelineOutput(
             images=images,
-            factual_factors=factual_factors,
-            counterfactual_factors=counterfactual_factors,
+            factual_factors=_rows(self.schema.decode(factual.cpu())),
+            counterfactual_factors=_rows(self.schema.decode(counterfactual.cpu())),
             inversion=inversion,
+            masks=pixel_mask,
         )
+        return output if return_dict else output.to_tuple()
 
     # ------------------------------------------------------------------ generation
 
@@ -737,6 +1077,11 @@ class CounterfactualDiffusionPipeline(DiffusionPipeline):
         if isinstance(callback_on_step_end, PipelineCallback | MultiPipelineCallbacks):
             callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
         callback_on_step_end_tensor_inputs = callback_on_step_end_tensor_inputs or ["latents"]
+        if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, int | float) or guidance_scale < 0:
+            raise ValueError(
+                f"guidance_scale of generate must be one number >= 0 (classifier-free guidance over all factors), "
+                f"got {guidance_scale!r}"
+            )
         if factors is not None:
             if interventions is not None:
                 raise ValueError("pass either factors or interventions to generate, not both")
@@ -791,7 +1136,7 @@ class CounterfactualDiffusionPipeline(DiffusionPipeline):
             for i, t in enumerate(timesteps):
                 if self.interrupt:
                     continue
-                model_output = self._guided_model_output(latents, t, kwargs, guided)
+                model_output = self._guided_model_output(self._model_fn, latents, t, kwargs, guided)
                 latents = ddim_step(self.scheduler, model_output, t, latents)
                 latents = self._callback(callback_on_step_end, callback_on_step_end_tensor_inputs, i, t, latents)
                 progress_bar.update()

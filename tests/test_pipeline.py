@@ -111,6 +111,34 @@ def test_guidance_references_agree_at_scale_one_and_differ_above():
     assert (factual - null).abs().max() > 1e-3
 
 
+def test_default_guidance_is_chosen_per_image_by_the_kind_of_factor_it_changes():
+    pipe = tiny_pipeline(fitted_scm=True)
+    images = tiny_images(2, 8)
+    factors = FACTORS[:2]
+    # Image 0 changes its colour (discrete: w = 3), image 1 only its thickness (continuous: w = 1).
+    interventions = {"color": ["blue", factors[1]["color"]], "thickness": [factors[0]["thickness"], 3.5]}
+
+    def edit(rows, guidance_scale):
+        return pipe(
+            image=images[rows],
+            factors=factors[rows],
+            interventions={k: v[rows] for k, v in interventions.items()},
+            num_inference_steps=3,
+            abduction="ddpm",
+            guidance_scale=guidance_scale,
+            generator=[torch.Generator().manual_seed(i) for i in range(2)][rows],
+            output_type="pt",
+        )
+
+    both = edit(slice(0, 2), None)
+    assert [row["color"] for row in both.counterfactual_factors] == ["blue", factors[1]["color"]]
+    torch.testing.assert_close(both.images[:1], edit(slice(0, 1), 3.0).images, atol=1e-4, rtol=0)
+    torch.testing.assert_close(both.images[1:], edit(slice(1, 2), 1.0).images, atol=1e-4, rtol=0)
+    assert (both.images[1:] - edit(slice(1, 2), 3.0).images).abs().max() > 1e-3
+    # A dict overrides one factor's weight and keeps the defaults of the others.
+    torch.testing.assert_close(edit(slice(1, 2), {"thickness": 3.0}).images, edit(slice(1, 2), 3.0).images)
+
+
 def test_edit_changes_the_image_and_zero_mask_keeps_it():
     pipe = tiny_pipeline()
     images = tiny_images(1, 8)

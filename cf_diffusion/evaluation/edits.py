@@ -28,16 +28,18 @@ import torch
 
 from cf_diffusion.data.procedural import ProceduralDataset
 from cf_diffusion.evaluation.harness import read_factors, shifted_values
+from cf_diffusion.guidance import GuidanceScale
 
 CONTINUOUS_TOLERANCE = 0.5  # held-out standard deviations within which a continuous reading takes its target
 
 
 @dataclass
 class EditSettings:
-    """How the pipeline edits: DDIM/DDPM abduction, steps, guidance along the edit, inversion depth."""
+    """How the pipeline edits: DDIM/DDPM abduction, steps, guidance along the edit (None: by factor kind, see
+    `cf_diffusion.guidance`), inversion depth."""
 
     num_inference_steps: int = 25
-    guidance_scale: float = 3.0
+    guidance_scale: GuidanceScale = None
     strength: float = 1.0
     abduction: str = "ddim"
 

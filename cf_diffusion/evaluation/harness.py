@@ -55,6 +55,7 @@ from cf_diffusion.evaluation.realism import features, fid, kid, load_inception
 from cf_diffusion.evaluation.soundness import composition, reversibility
 from cf_diffusion.factors import Factor, FactorSchema
 from cf_diffusion.graph import CausalGraph
+from cf_diffusion.guidance import GuidanceScale
 from cf_diffusion.scm.bounds import counterfactual_bounds
 
 METRICS = ("effectiveness", "composition", "reversibility", "ground_truth", "consistency", "realism", "minimality")
@@ -591,7 +592,7 @@ def evaluate(
     *,
     factors: Sequence[str] | None = None,
     baseline_steps: int | None = None,
-    guidance_scale: float = 3.0,
+    guidance_scale: GuidanceScale = None,
     guidance_reference: str = "factual",
     sdedit_strength: float = 0.6,
     cycles: Sequence[int] = (1, 10),
@@ -616,7 +617,8 @@ def evaluate(
         seed: Seed of the rows, the counterfactual draws and every method's noise.
         factors: The factors to intervene on, one at a time (default: every factor of the model).
         baseline_steps: Sampling steps of the baselines (default: the largest entry of `steps`).
-        guidance_scale: Guidance along the edit for every method (classifier-free guidance for `regenerate`).
+        guidance_scale: Guidance along the edit for every method (None: per factor kind, `cf_diffusion.guidance`;
+            for `regenerate`, classifier-free guidance, None: the pipeline's default).
         guidance_reference: `"factual"` or `"null"`, as in the pipeline's `__call__`.
         sdedit_strength: Fraction of the schedule that SDEdit re-noises, in (0, 1].
         cycles: Null-edit repetitions reported by `composition`.
@@ -1012,8 +1014,9 @@ def format_results(results: Mapping[str, Any]) -> str:
         "# Counterfactual evaluation",
         "",
         f"Model `{settings['model']}`, data `{settings['data']}` ({results['data']['rows']} rows, ground truth: "
-        f"{'yes' if results['data']['ground_truth'] else 'no'}), guidance {settings['guidance_scale']} "
-        f"({settings['guidance_reference']} reference), SDEdit strength {settings['sdedit_strength']}, seed "
+        f"{'yes' if results['data']['ground_truth'] else 'no'}), guidance "
+        f"{settings['guidance_scale'] or 'by factor kind'} ({settings['guidance_reference']} reference), SDEdit "
+        f"strength {settings['sdedit_strength']}, seed "
         f"{settings['seed']}.",
         "",
         "## Edits",

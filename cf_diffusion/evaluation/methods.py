@@ -24,6 +24,7 @@ import torch
 from diffusers.image_processor import PipelineImageInput
 from diffusers.utils.torch_utils import randn_tensor
 
+from cf_diffusion.guidance import GuidanceScale
 from cf_diffusion.inversion import inference_timesteps
 from cf_diffusion.pipelines import CounterfactualPipelineOutput, InversionOutput
 
@@ -68,12 +69,14 @@ class EditOptions:
     """Settings shared by every method, so that methods differ only in how they make the image.
 
     Attributes:
-        guidance_scale: w of the guidance along the edit (and of classifier-free guidance for `regenerate`).
+        guidance_scale: Guidance along the edit as in the pipeline's `__call__` (None: per factor kind, see
+            `cf_diffusion.guidance`); for `regenerate`, w of its classifier-free guidance (None: the pipeline's
+            `generate` default).
         guidance_reference: `"factual"` or `"null"`, the reference branch of the editing guidance.
         sdedit_strength: Fraction of the schedule that `sdedit` re-noises and denoises, in (0, 1].
     """
 
-    guidance_scale: float = 3.0
+    guidance_scale: GuidanceScale = None
     guidance_reference: str = "factual"
     sdedit_strength: float = 0.6
 
@@ -85,7 +88,7 @@ def sdedit(
     interventions: Mapping[str, Any] | None,
     strength: float = 0.6,
     num_inference_steps: int = 50,
-    guidance_scale: float = 3.0,
+    guidance_scale: GuidanceScale = None,
     guidance_reference: str = "factual",
     generator: torch.Generator | list[torch.Generator] | None = None,
     output_type: str = "np",
@@ -196,6 +199,8 @@ def apply_method(
     }
     if method.kind == "regenerate":
         wanted = _lists(target if intervened else factual, names)
+        if options.guidance_scale is None:
+            del common["guidance_scale"]
         return np.asarray(pipe.generate(factors=wanted, **common).images)
     if method.kind == "sdedit":
         out = sdedit(

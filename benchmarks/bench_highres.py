@@ -1,0 +1,131 @@
+"""Wall time and peak memory of one high-resolution counterfactual edit, per image size.
+
+For each size a fresh subprocess (so that the peak memory is that size's alone) renders one `pendulum` image at that
+size, edits it with `do(light_angle=...)` (to a quarter of the light's range from the end opposite its factual angle)
+`--runs` times with the pipeline's high-resolution defaults (tiles, `preserve="auto"`), and reports the median wall
+time, its peak resident memory (`ru_maxrss`, loading and rendering included) and the seconds per megapixel, whose
+flatness across sizes says that the cost grows linearly in pixels.
+
+    python benchmarks/bench_highres.py --model runs/pendulum/pipeline
+    python benchmarks/bench_highres.py --model DIR --sizes 512 1024 2048 --working-size 128 --steps 25 --runs 3
+"""
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+
+def measure(
+    model: str,
+    size: int,
+    steps: int,
+    runs: int,
+    working_size: int | None = None,
+    tile_batch_size: int = 8,
+    seed: int = 0,
+) -> dict:
+    """Edits one pendulum render of `size` px `runs` times in this process.
+
+    Returns:
+        dict with `size`, `megapixels`, `seconds` (median of the runs), `peak_mb` (this process's peak resident
+        memory), `mask_fraction` (of the pixels allowed to change), `light_angle` and `target` (degrees).
+    """
+    import torch
+    from PIL import Image
+
+    from cf_diffusion.data import get_dataset
+    from cf_diffusion.data.pendulum import LIGHT_RANGE
+    from cf_diffusion.models import load_pipeline
+
+    pipe = load_pipeline(model)
+    sample = get_dataset("pendulum").sample(1, seed=seed, resolution=size)
+    factors = {name: values[0].item() for name, values in sample.factors.items()}
+    low, high = LIGHT_RANGE
+    light = factors["light_angle"]
+    target = low + (high - low) / 4 if light > (low + high) / 2 else high - (high - low) / 4
+    image = Image.fromarray(sample.images[0])
+    seconds = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        out = pipe(
+            image=image,
+            factors=factors,
+            interventions={"light_angle": target},
+            num_inference_steps=steps,
+            working_size=working_size,
+            tile_batch_size=tile_batch_size,
+            generator=torch.Generator().manual_seed(seed),
+        )
+        seconds.append(time.perf_counter() - start)
+    return {
+        "size": size,
+        "megapixels": size * size / 1e6,
+        "seconds": statistics.median(seconds),
+        "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "mask_fraction": None if out.masks is None else float(out.masks.mean()),
+        "light_angle": light,
+        "target": target,
+    }
+
+
+def format_table(rows: list[dict]) -> str:
+    """A markdown table of `measure` results."""
+    lines = [
+        "| size (px) | megapixels | seconds (median) | peak RSS (MB) | seconds / megapixel | mask (% of pixels) |",
+        "|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in rows:
+        mask = "-" if row["mask_fraction"] is None else f"{100 * row['mask_fraction']:.1f}"
+        lines.append(
+            f"| {row['size']} | {row['megapixels']:.2f} | {row['seconds']:.1f} | {row['peak_mb']:.0f} | "
+            f"{row['seconds'] / row['megapixels']:.1f} | {mask} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True, help="a pendulum pipeline folder")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[512, 1024, 2048])
+    parser.add_argument("--working-size", type=int, help="shorter side at which the diffusion runs (default: full)")
+    parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--runs", type=int, default=1, help="edits per size (the median is reported)")
+    parser.add_argument("--tile-batch-size", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--child-size", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args.child_size is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
+        result = measure(
+            args.model, args.child_size, args.steps, args.runs, args.working_size, args.tile_batch_size, args.seed
+        )
+        print(json.dumps(result))
+        return
+
+    rows = []
+    for size in args.sizes:
+        command = [sys.executable, __file__, *sys.argv[1:], "--child-size", str(size)]
+        child = subprocess.run(command, capture_output=True, text=True)
+        if child.returncode != 0:
+            sys.exit(f"the {size} px edit failed:\n{child.stderr}")
+        rows.append(json.loads(child.stdout.strip().splitlines()[-1]))
+        print(f"{size} px: {rows[-1]['seconds']:.1f} s, {rows[-1]['peak_mb']:.0f} MB", file=sys.stderr, flush=True)
+    row = rows[0]
+    print(
+        f"pendulum, do(light_angle) from {row['light_angle']:.1f} to {row['target']:.1f} degrees, {args.steps} "
+        f"steps, working size {args.working_size or 'full'}, {args.threads} threads, tile batch "
+        f"{args.tile_batch_size}, median of {args.runs} run(s), one process per size\n"
+    )
+    print(format_table(rows))
+
+
+if __name__ == "__main__":
+    main()

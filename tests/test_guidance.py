@@ -1,0 +1,50 @@
+"""Per-factor guidance weights and each edit's weight."""
+
+import pytest
+import torch
+from pipeline_fixtures import tiny_schema
+
+from cf_diffusion.guidance import CONTINUOUS_GUIDANCE, DISCRETE_GUIDANCE, edit_guidance, factor_weights
+
+
+def test_defaults_guide_discrete_factors_and_not_continuous_ones():
+    weights = factor_weights(tiny_schema(), None)
+    assert weights == {
+        "size": DISCRETE_GUIDANCE,
+        "color": DISCRETE_GUIDANCE,
+        "bar": DISCRETE_GUIDANCE,
+        "thickness": 1.0,
+    }
+    assert CONTINUOUS_GUIDANCE == 1.0
+
+
+def test_one_number_or_a_dict_overrides():
+    assert set(factor_weights(tiny_schema(), 2.0).values()) == {2.0}
+    weights = factor_weights(tiny_schema(), {"thickness": 1.5, "color": 0})
+    assert weights["thickness"] == 1.5 and weights["color"] == 0.0 and weights["size"] == DISCRETE_GUIDANCE
+
+
+def test_each_edit_takes_the_largest_weight_of_what_it_changes():
+    changed = torch.tensor(
+        [
+            [False, False, False, True],  # thickness only
+            [True, False, True, True],  # size, bar, thickness
+            [False, False, False, False],  # the null edit
+        ]
+    )
+    w = edit_guidance(tiny_schema(), {"thickness": 1.5, "bar": 4.0}, changed)
+    torch.testing.assert_close(w, torch.tensor([1.5, 4.0, 1.0]))
+
+
+@pytest.mark.parametrize(
+    ("guidance_scale", "match"),
+    [
+        (-1.0, "number >= 0"),
+        ({"shape": 2.0}, "unknown factor"),
+        ({"size": "high"}, "'high' for 'size'"),
+        (True, ">= 0"),
+    ],
+)
+def test_bad_weights_are_named(guidance_scale, match):
+    with pytest.raises(ValueError, match=match):
+        factor_weights(tiny_schema(), guidance_scale)
