@@ -149,6 +149,7 @@ def _evaluate(args) -> None:
         seed=args.seed,
         guidance_scale=args.guidance,
         inception=args.inception,
+        holdout=args.holdout,
     )
     print(f"wrote {args.out}/results.json, results.md, results.png")
 
@@ -244,6 +245,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--guidance", type=float, help="guidance scale (default: by factor kind, as in edit)")
     evaluate.add_argument("--seed", type=int, default=0)
     evaluate.add_argument("--inception", help="a local Inception TorchScript file for FID/KID")
+    evaluate.add_argument(
+        "--holdout", type=int, help="edit only the folder's last N rows (those a recipe's data.holdout kept out)"
+    )
     evaluate.set_defaults(func=_evaluate)
     return parser
 

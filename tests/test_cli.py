@@ -75,6 +75,7 @@ def test_data_make_writes_an_imagefolder(tmp_path):
         (["generate", "--do", "colour=green", "--n", "1"], "colour"),
         (["generate", "--do", "color=blue", "--n", "1"], "blue"),
         (["data", "make", "no-such-data", "--n", "1", "--out", "z"], "no-such-data"),
+        (["evaluate", "--data", "colored-bars", "--out", "e", "--holdout", "5", "--n", "2"], "holdout"),
     ],
 )
 def test_errors_are_one_clear_line_with_nonzero_status(argv, culprit, capsys, tmp_path, monkeypatch):
