@@ -183,7 +183,7 @@ def test_working_size_returns_full_resolution_and_keeps_pixels_outside_the_mask(
         interventions={"color": "green"},
         num_inference_steps=2,
         working_size=32,
-        mask_threshold=0.3,
+        mask_threshold=0.7,
         output_type="np",
     )
     assert out.images.shape == (1, 64, 64, 3) and out.masks.shape == (1, 1, 64, 64)
@@ -191,6 +191,17 @@ def test_working_size_returns_full_resolution_and_keeps_pixels_outside_the_mask(
     outside = out.masks[0, 0].numpy() == 0
     assert outside.any() and not outside.all()
     assert np.abs(out.images[0] - np.asarray(image) / 255)[outside].max() <= 1 / 255
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
+def test_model_outputs_are_read_as_noise_predictions_for_the_mask(prediction_type):
+    pipe = tiny_pipeline(prediction_type=prediction_type)
+    x0, eps = torch.randn(2, 3, 8, 8), torch.randn(2, 3, 8, 8)
+    alpha_bar = pipe.scheduler.alphas_cumprod[600]
+    noisy = alpha_bar.sqrt() * x0 + (1 - alpha_bar).sqrt() * eps
+    v = alpha_bar.sqrt() * eps - (1 - alpha_bar).sqrt() * x0
+    output = {"epsilon": eps, "v_prediction": v, "sample": x0}[prediction_type]
+    torch.testing.assert_close(pipe._predicted_noise(output, noisy, torch.tensor(600)), eps, atol=1e-5, rtol=0)
 
 
 def test_factor_predictor_reads_large_images_at_its_own_size():
