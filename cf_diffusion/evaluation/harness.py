@@ -224,6 +224,8 @@ def load_evaluation_data(
         raise ValueError(f"table_rows must be a positive integer, got {table_rows!r}")
     text = os.fspath(data)
     if text in available_datasets():
+        if holdout is not None:
+            raise ValueError("holdout applies to a folder of labelled images; procedural rows are always held out")
         return _procedural_data(pipe, get_dataset(text), n, seed, table_rows)
     folder = Path(text)
     if folder.is_dir():
@@ -658,8 +660,6 @@ def evaluate(
         )
     method_list = _methods(methods, steps, baseline_steps or max(steps))
     options = EditOptions(guidance_scale, guidance_reference, sdedit_strength)
-    if holdout is not None and os.fspath(data) in available_datasets():
-        raise ValueError("holdout applies to a folder of labelled images; procedural rows are always held out")
     loaded = load_evaluation_data(pipe, data, n, seed, table_rows, holdout)
     notes = list(loaded.notes)
     has_reader = pipe.factor_predictor is not None
