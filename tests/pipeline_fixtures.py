@@ -1,7 +1,11 @@
 """Tiny pipelines for the pipeline tests: pixel space (8 px) and latent space (16 px images, 8x8x4 latents)."""
 
+import json
+from pathlib import Path
+
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from cf_diffusion import CounterfactualDiffusionPipeline
 from cf_diffusion.conditioning import FactorEncoder
@@ -131,3 +135,27 @@ def procedural_pipeline(name: str) -> CounterfactualDiffusionPipeline:
     )
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def tiny_text_components(
+    folder: Path, hidden_size: int = 8, intermediate_size: int = 16, num_attention_heads: int = 2
+) -> tuple[CLIPTextModel, CLIPTokenizer]:
+    """A seeded one-layer CLIP text encoder and its tokenizer (vocabulary files written to `folder`)."""
+    # No merges: every word is split into characters, so one-letter words are the whole vocabulary.
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1, "a</w>": 2, "r</w>": 3, "b</w>": 4, "d</w>": 5}
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    tokenizer = CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=6)
+    torch.manual_seed(5)
+    config = CLIPTextConfig(
+        vocab_size=len(vocab),
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size,
+        num_hidden_layers=1,
+        num_attention_heads=num_attention_heads,
+        max_position_embeddings=6,
+        bos_token_id=0,
+        eos_token_id=1,
+        pad_token_id=1,
+    )
+    return CLIPTextModel(config).eval(), tokenizer

@@ -1,10 +1,8 @@
 """CounterfactualDiffusionPipeline with tiny pixel-space and latent-space components."""
 
-import json
-
 import pytest
 import torch
-from pipeline_fixtures import tiny_images, tiny_pipeline
+from pipeline_fixtures import tiny_images, tiny_pipeline, tiny_text_components
 from pipeline_tester import PipelineTesterMixin
 
 FACTORS = [
@@ -376,29 +374,6 @@ def test_constructor_checks_components():
     components["scheduler"] = EulerDiscreteScheduler.from_config(pipe.scheduler.config)
     with pytest.raises(ValueError, match="scheduler must be a DDIMScheduler"):
         type(pipe)(**components)
-
-
-def tiny_text_components(tmp_path):
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
-
-    # No merges: every word is split into characters, so one-letter words are the whole vocabulary.
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1, "a</w>": 2, "r</w>": 3, "b</w>": 4, "d</w>": 5}
-    (tmp_path / "vocab.json").write_text(json.dumps(vocab))
-    (tmp_path / "merges.txt").write_text("#version: 0.2\n")
-    tokenizer = CLIPTokenizer(str(tmp_path / "vocab.json"), str(tmp_path / "merges.txt"), model_max_length=6)
-    torch.manual_seed(5)
-    config = CLIPTextConfig(
-        vocab_size=len(vocab),
-        hidden_size=8,
-        intermediate_size=16,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        max_position_embeddings=6,
-        bos_token_id=0,
-        eos_token_id=1,
-        pad_token_id=1,
-    )
-    return CLIPTextModel(config).eval(), tokenizer
 
 
 def test_prompt_tokens_condition_alongside_factors(tmp_path):

@@ -18,8 +18,7 @@ import torch
 from accelerate import Accelerator
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from PIL import Image
-from pipeline_fixtures import EMBED_DIM, tiny_pipeline
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+from pipeline_fixtures import EMBED_DIM, tiny_pipeline, tiny_text_components
 
 from cf_diffusion import CausalGraph, CounterfactualDiffusionPipeline
 from cf_diffusion.conditioning import FactorEncoder
@@ -132,6 +131,20 @@ def test_tiny_recipe_trains_a_pipeline_that_loads_and_edits(tmp_path):
 # ---------------------------------------------------------------------------------------------- resume
 
 
+def killed_at(run_stage, micro_step: int, error: type[BaseException]):
+    """`run_stage` whose loss raises `error` at micro-batch `micro_step`, as a run killed there."""
+
+    def dying_run_stage(stage, accelerator, loss_fn, *args, **kwargs):
+        def loss_until_killed(step: int) -> torch.Tensor:
+            if step == micro_step:
+                raise error
+            return loss_fn(step)
+
+        return run_stage(stage, accelerator, loss_until_killed, *args, **kwargs)
+
+    return dying_run_stage
+
+
 def test_killed_and_extended_unet_stages_resume_exactly(tmp_path, monkeypatch):
     config = tiny_recipe(tmp_path / "a", latent=False, unet={"num_steps": 4})
     data = load_training_data(config)
@@ -145,21 +158,13 @@ def test_killed_and_extended_unet_stages_resume_exactly(tmp_path, monkeypatch):
     original = diffusion.run_stage
     starts = []
 
-    def dying_run_stage(stage, accelerator, loss_fn, *args, **kwargs):
-        def loss_until_killed(micro_step: int) -> torch.Tensor:
-            if micro_step == 3:
-                raise Killed
-            return loss_fn(micro_step)
-
-        return original(stage, accelerator, loss_until_killed, *args, **kwargs)
-
     def recording_run_stage(*args, **kwargs):
         starts.append(original(*args, **kwargs))
         return starts[-1]
 
     # Killed inside step 3: the checkpoint of step 2 survives and the run resumes from it.
     killed = load_config(config, {"output_dir": str(tmp_path / "b")})
-    monkeypatch.setattr(diffusion, "run_stage", dying_run_stage)
+    monkeypatch.setattr(diffusion, "run_stage", killed_at(original, 3, Killed))
     with pytest.raises(Killed):
         train_diffusion(killed, data, accelerator, None)
     assert [p.name for p in list_checkpoints(tmp_path / "b" / "checkpoints" / "unet")] == ["checkpoint-2"]
@@ -186,16 +191,7 @@ def test_killed_and_extended_unet_stages_resume_exactly(tmp_path, monkeypatch):
 def test_train_resumes_a_killed_stage_through_the_command_path(tmp_path, monkeypatch):
     config = tiny_recipe(tmp_path / "run", latent=False, unet={"num_steps": 3})
     original = diffusion.run_stage
-
-    def dying_run_stage(stage, accelerator, loss_fn, *args, **kwargs):
-        def loss_until_killed(micro_step: int) -> torch.Tensor:
-            if micro_step == 2:
-                raise KeyboardInterrupt
-            return loss_fn(micro_step)
-
-        return original(stage, accelerator, loss_until_killed, *args, **kwargs)
-
-    monkeypatch.setattr(diffusion, "run_stage", dying_run_stage)
+    monkeypatch.setattr(diffusion, "run_stage", killed_at(original, 2, KeyboardInterrupt))
     with pytest.raises(KeyboardInterrupt):
         train(config, stages=("unet",))
     assert not (tmp_path / "run" / "stages" / "unet" / "DONE").exists()
@@ -427,24 +423,11 @@ def tiny_stable_diffusion(folder: Path) -> Path:
     DDPMScheduler(
         beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1, clip_sample=False
     ).save_pretrained(folder / "scheduler")
-    # No merges: every word is split into characters, so one-letter words are the whole vocabulary.
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1, "a</w>": 2, "r</w>": 3, "b</w>": 4, "d</w>": 5}
-    (folder / "vocab.json").write_text(json.dumps(vocab))
-    (folder / "merges.txt").write_text("#version: 0.2\n")
-    tokenizer = CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=6)
-    tokenizer.save_pretrained(folder / "tokenizer")
-    text_config = CLIPTextConfig(
-        vocab_size=len(vocab),
-        hidden_size=CROSS_ATTENTION_DIM,
-        intermediate_size=37,
-        num_hidden_layers=1,
-        num_attention_heads=4,
-        max_position_embeddings=6,
-        bos_token_id=0,
-        eos_token_id=1,
-        pad_token_id=1,
+    text_encoder, tokenizer = tiny_text_components(
+        folder, hidden_size=CROSS_ATTENTION_DIM, intermediate_size=37, num_attention_heads=4
     )
-    CLIPTextModel(text_config).save_pretrained(folder / "text_encoder")
+    tokenizer.save_pretrained(folder / "tokenizer")
+    text_encoder.save_pretrained(folder / "text_encoder")
     return folder
 
 
