@@ -248,6 +248,8 @@ def test_checkpoints_are_written_atomically(tmp_path, monkeypatch):
         ({"data": {"dataset": "colored-bars"}, "unet": 3}, None, "'unet' must be a mapping"),
         ({"data": {"dataset": "colored-bars"}, "scm": None}, None, "'scm' cannot be null"),
         ({"data": {"dataset": "colored-bars"}, "vae": None, "unet": {"pretrained": "sd15"}}, None, "'vae' cannot"),
+        ({"data": {"dataset": "morpho", "interventional_fraction": 1.0}}, None, "in \\[0, 1\\), got 1.0"),
+        ({"data": {"path": "images/", "interventional_fraction": 0.5}}, None, "needs a procedural dataset"),
     ],
 )
 def test_recipe_errors_name_the_key(recipe, overrides, match):
@@ -306,6 +308,29 @@ def test_folder_recipe_loads_the_chosen_factor_columns(tmp_path):
     recipe["data"]["holdout"] = 12
     with pytest.raises(ValueError, match="data.holdout"):
         load_training_data(load_config(recipe))
+
+
+def test_interventional_rows_fill_factor_space_and_the_scm_fits_only_observational_rows(tmp_path, monkeypatch):
+    recipe = tiny_recipe(tmp_path / "run")
+    recipe["data"] = {"dataset": "morpho", "num_images": 200, "resolution": 16, "interventional_fraction": 0.5}
+    data = load_training_data(load_config(recipe))
+    assert len(data) == 200 and data.num_observational == 100
+    observed = data.observational_table()
+    assert all(len(column) == 100 for column in observed.values())
+    thickness, intensity = data.table["thickness"], data.table["intensity"]
+    # do(intensity = a draw from its observed marginal): the values are observed ones, no longer tied to thickness
+    assert set(intensity[100:].tolist()) <= set(observed["intensity"].tolist())
+    assert np.corrcoef(thickness[:100], intensity[:100])[0, 1] > 0.8
+    assert abs(np.corrcoef(thickness[100:], intensity[100:])[0, 1]) < 0.4
+    measured = get_dataset("morpho").measure(data.images[100:].permute(0, 2, 3, 1).numpy())
+    assert np.median(np.abs(measured["intensity"] - intensity[100:].numpy())) < 10
+
+    fitted = []
+    monkeypatch.setattr(
+        "cf_diffusion.scm.NeuralCausalModel.fit", lambda self, table, **kwargs: fitted.append(len(table["digit"]))
+    )
+    train(recipe, stages=["scm"])
+    assert fitted == [100]
 
 
 # ---------------------------------------------------------------------------------------------- two processes

@@ -22,6 +22,8 @@ DEFAULTS: dict = {
         "factors": None,  # optional list of factor names to keep
         "skip_bad": False,
         "holdout": 0,  # a folder's last N rows stay out of training (`cf-diffusion evaluate --holdout N` edits them)
+        # procedural datasets only: this share of the rows is rendered under interventions (training/data.py)
+        "interventional_fraction": 0.0,
     },
     "training": {
         "mixed_precision": "no",
@@ -102,6 +104,14 @@ def load_config(source: str | Path | dict, overrides: dict | None = None) -> dic
     data = config["data"]
     if (data["dataset"] is None) == (data["path"] is None):
         raise ValueError("Config 'data' needs exactly one of 'dataset' (a procedural dataset) or 'path' (a folder).")
+    fraction = data["interventional_fraction"]
+    if not isinstance(fraction, int | float) or not 0 <= fraction < 1:
+        raise ValueError(f"Config 'data.interventional_fraction' must be a number in [0, 1), got {fraction!r}.")
+    if fraction and data["dataset"] is None:
+        raise ValueError(
+            "Config 'data.interventional_fraction' needs a procedural dataset ('data.dataset'): a folder of "
+            "images cannot be re-rendered under interventions."
+        )
     pretrained = config["unet"]["pretrained"]
     if pretrained is not None:
         if config["vae"] is None:

@@ -18,15 +18,24 @@ class TrainingData:
         table: factor name -> Tensor[N] (discrete level indices, continuous raw units).
         schema: the factor schema (continuous ranges filled from the data).
         graph: the causal graph over the factors.
+        num_observational: rows `[0, num_observational)` are observational; the rest were rendered under
+            interventions (`data.interventional_fraction`). None: all rows are observational.
     """
 
     images: torch.Tensor
     table: dict[str, torch.Tensor]
     schema: FactorSchema
     graph: CausalGraph
+    num_observational: int | None = None
 
     def __len__(self) -> int:
         return self.images.shape[0]
+
+    def observational_table(self) -> dict[str, torch.Tensor]:
+        """The factor table of the observational rows: what the SCM's mechanisms are fitted on."""
+        if self.num_observational is None:
+            return self.table
+        return {name: column[: self.num_observational] for name, column in self.table.items()}
 
     def pixel_batch(self, indices: torch.Tensor) -> torch.Tensor:
         """Images of rows `indices` as float Tensor[B, C, H, W] in [-1, 1]."""
@@ -59,11 +68,18 @@ def load_training_data(config: dict) -> TrainingData:
         from cf_diffusion.data import get_dataset
 
         dataset = get_dataset(data["dataset"])
-        sample = dataset.sample(data["num_images"], seed=config["seed"], resolution=data["resolution"])
+        num_interventional = round(data["interventional_fraction"] * data["num_images"])
+        num_observational = data["num_images"] - num_interventional
+        sample = dataset.sample(num_observational, seed=config["seed"], resolution=data["resolution"])
         schema = dataset.schema
-        table = schema.to_values(sample.factors)
-        images = torch.from_numpy(np.ascontiguousarray(sample.images)).permute(0, 3, 1, 2).contiguous()
         graph = dataset.graph
+        factors, images = sample.factors, sample.images
+        if num_interventional:
+            rendered = _interventional_sample(dataset, sample.factors, num_interventional, config["seed"], data)
+            factors = {name: np.concatenate([factors[name], rendered.factors[name]]) for name in factors}
+            images = np.concatenate([images, rendered.images])
+        table = schema.to_values(factors)
+        images = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).contiguous()
     else:
         from cf_diffusion.data import LabeledImageDataset
 
@@ -77,6 +93,7 @@ def load_training_data(config: dict) -> TrainingData:
         )
         schema = folder.schema
         keep = len(folder) - data["holdout"]
+        num_observational = None
         if not 0 < keep <= len(folder):
             raise ValueError(
                 f"Config 'data.holdout' must be in [0, {len(folder)}) (the folder has {len(folder)} rows), "
@@ -90,4 +107,28 @@ def load_training_data(config: dict) -> TrainingData:
         graph = CausalGraph.parse(data["graph"])
     if set(graph.nodes) != set(schema.names):
         raise ValueError(f"The graph's nodes {graph.nodes} must be the factors {schema.names}.")
-    return TrainingData(images=images, table=table, schema=schema.with_ranges(table), graph=graph)
+    return TrainingData(
+        images=images,
+        table=table,
+        schema=schema.with_ranges(table),
+        graph=graph,
+        num_observational=num_observational,
+    )
+
+
+def _interventional_sample(dataset, observed: dict[str, np.ndarray], n: int, seed: int, data: dict):
+    """`n` rows rendered under do(every factor with parents = an independent draw from its observed marginal).
+
+    The image's own mechanism, p(image | factors), is the same under any intervention on the factors, so these
+    rows are valid training data for the image models; they fill the parts of factor space that the observational
+    rows leave empty (a thin but bright digit), which counterfactual edits visit. Roots keep their own
+    distribution, so all factors are independent in these rows.
+    """
+    rng = np.random.default_rng(seed + 1)
+    num_observed = len(next(iter(observed.values())))
+    interventions = {
+        name: observed[name][rng.integers(num_observed, size=n)]
+        for name in dataset.graph.nodes
+        if dataset.graph.parents(name)
+    }
+    return dataset.sample(n, seed=seed + 1, resolution=data["resolution"], interventions=interventions)

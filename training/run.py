@@ -94,7 +94,7 @@ def _run_stage(name: str, config: dict, data, accelerator: Accelerator, resume: 
             confounder_dim=scm_config["confounder_dim"],
         )
         scm.fit(
-            data.table,
+            data.observational_table(),
             num_steps=scm_config["num_steps"],
             batch_size=scm_config["batch_size"],
             lr=scm_config["lr"],
