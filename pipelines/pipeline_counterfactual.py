@@ -20,6 +20,7 @@ factual trajectory outside it at every step, and a final composite at the input'
 pixels back outside it.
 """
 
+import functools
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, Literal
@@ -64,6 +65,9 @@ DEFAULT_NUM_INFERENCE_STEPS = 50
 DEFAULT_STRENGTH = 1.0
 DEFAULT_ABDUCTION = "ddim"
 DEFAULT_TILE_BATCH_SIZE = 8
+# DiffEdit's 0.5 keeps only the strongest effect: on the 64 px pendulum model at 1024 px it masked the lamp and left
+# the shadow in every scene; 0.1 moved it in 5 of 8 (BENCHMARKS.md, benchmarks/bench_shadow.py)
+DEFAULT_MASK_THRESHOLD = 0.1
 MASK_NOISE_LEVELS = (0.3, 0.5, 0.7)
 """Noise levels (fractions of the training schedule) at which `preserve="auto"` compares noise predictions."""
 MASK_NUM_NOISES = 4
@@ -87,6 +91,23 @@ def _rows(values: dict[str, list]) -> list[dict[str, Any]]:
     """`{name: [v0, v1, ...]}` -> `[{name: v0}, {name: v1}, ...]`."""
     names = list(values)
     return [dict(zip(names, row, strict=True)) for row in zip(*(values[name] for name in names), strict=True)]
+
+
+def _dtypes_looked_up_once(method: Callable) -> Callable:
+    """Runs a pipeline method with the UNet's and the VAE's dtypes looked up once, at its start (`ModelMixin.dtype`
+    searches every submodule for casting hooks, about a millisecond each time, and one edit asks a dozen times)."""
+
+    @functools.wraps(method)
+    def wrapper(self: "CounterfactualDiffusionPipeline", *args: Any, **kwargs: Any) -> Any:
+        if self._call_dtypes is not None:
+            return method(self, *args, **kwargs)
+        self._call_dtypes = {"unet": self.unet.dtype, "vae": None if self.vae is None else self.vae.dtype}
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            self._call_dtypes = None
+
+    return wrapper
 
 
 def _resize(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -164,6 +185,7 @@ class CounterfactualDiffusionPipeline(DiffusionPipeline):
         )
         self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1) if vae is not None else 1
         self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor, do_resize=False)
+        self._call_dtypes: dict[str, torch.dtype | None] | None = None
 
     # ------------------------------------------------------------------ properties
 
@@ -197,6 +219,12 @@ class CounterfactualDiffusionPipeline(DiffusionPipeline):
     @property
     def num_timesteps(self) -> int:
         return self._num_timesteps
+
+    def _dtype(self, component: str) -> torch.dtype:
+        """The dtype of the `"unet"` or the `"vae"`: the one looked up at the start of this call, if in one."""
+        if self._call_dtypes is not None:
+            return self._call_dtypes[component]
+        return getattr(self, component).dtype
 
     @property
     def interrupt(self) -> bool:
@@ -236,7 +264,7 @@ class CounterfactualDiffusionPipeline(DiffusionPipeline):
         callback_on_step_end_tensor_inputs: list[str] | None = None,
         working_size: int | None = None,
         preserve: str | torch.Tensor | None = None,
-        mask_threshold: float = 0.5,
+        mask_threshold: float = DEFAULT_MASK_THRESHOLD,
         inversion: InversionOutput | None = None,
     ) -> None:
         """Validates the inputs of `__call__`, `invert` and `generate`; each problem raises a ValueError naming it.
@@ -556,11 +584,12 @@ class CounterfactualDiffusionPipeline(DiffusionPipeline):
         self, factors: torch.Tensor, known: torch.Tensor | None, prompt_embeds: torch.Tensor | None
     ) -> dict[str, torch.Tensor]:
         """UNet conditioning for factors Tensor[N, F] (and prompt tokens Tensor[N, L, D]): keyword arguments."""
+        dtype = self._dtype("unet")
         cond = self.factor_encoder(factors.to(self.factor_encoder.device), known)
-        tokens = cond.tokens.to(self.unet.dtype)
+        tokens = cond.tokens.to(dtype)
         kwargs = {"encoder_hidden_states": self.factor_encoder.encoder_hidden_states(tokens, prompt_embeds)}
         if self.unet.config.class_embed_type == "projection":
-            kwargs["class_labels"] = cond.vector.to(self.unet.dtype)
+            kwargs["class_labels"] = cond.vector.to(dtype)
         return kwargs
 
     def _model_fn(self, x: torch.Tensor, t: torch.Tensor, kwargs: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -619,10 +648,10 @@ class CounterfactualDiffusionPipeline(DiffusionPipeline):
         `vae.encode(x).latent_dist.mean * scaling_factor` with a VAE (tiled above its sample size), else the pixels
         themselves (UNet dtype)."""
         if self.vae is None:
-            return pixels.to(device=device, dtype=self.unet.dtype)
+            return pixels.to(device=device, dtype=self._dtype("unet"))
         with self._vae_tiling(*pixels.shape[-2:]):
-            latents = self.vae.encode(pixels.to(device=device, dtype=self.vae.dtype)).latent_dist.mean
-        return (latents * self.vae.config.scaling_factor).to(self.unet.dtype)
+            latents = self.vae.encode(pixels.to(device=device, dtype=self._dtype("vae"))).latent_dist.mean
+        return (latents * self.vae.config.scaling_factor).to(self._dtype("unet"))
 
     def _decode_latents(
         self,
@@ -648,7 +677,7 @@ class CounterfactualDiffusionPipeline(DiffusionPipeline):
             size = [side * self.vae_scale_factor for side in latents.shape[-2:]]
             with self._vae_tiling(*size):
                 images = self.vae.decode(
-                    latents.to(self.vae.dtype) / self.vae.config.scaling_factor, return_dict=False
+                    latents.to(self._dtype("vae")) / self.vae.config.scaling_factor, return_dict=False
                 )[0]
         images = images.float()
         if reference is not None:
@@ -665,7 +694,7 @@ class CounterfactualDiffusionPipeline(DiffusionPipeline):
             return None
         if tuple(mask.shape[-2:]) != tuple(latent_shape):
             mask = F.interpolate(mask.float(), size=tuple(latent_shape), mode="area")
-        return mask.to(device=device, dtype=self.unet.dtype).expand(batch_size, -1, -1, -1)
+        return mask.to(device=device, dtype=self._dtype("unet")).expand(batch_size, -1, -1, -1)
 
     def _pixel_mask(
         self, mask: torch.Tensor, batch_size: int, pixel_shape: tuple[int, int], device: torch.device
@@ -747,6 +776,7 @@ class CounterfactualDiffusionPipeline(DiffusionPipeline):
     # ------------------------------------------------------------------ abduction
 
     @torch.no_grad()
+    @_dtypes_looked_up_once
     def invert(
         self,
         image: PipelineImageInput,
@@ -840,6 +870,7 @@ class CounterfactualDiffusionPipeline(DiffusionPipeline):
     # ------------------------------------------------------------------ editing
 
     @torch.no_grad()
+    @_dtypes_looked_up_once
     def __call__(
         self,
         image: PipelineImageInput | None = None,
@@ -860,7 +891,7 @@ class CounterfactualDiffusionPipeline(DiffusionPipeline):
         callback_on_step_end_tensor_inputs: list[str] | None = None,
         inversion: InversionOutput | None = None,
         preserve: Literal["auto", "none"] | torch.Tensor | None = None,
-        mask_threshold: float = 0.5,
+        mask_threshold: float = DEFAULT_MASK_THRESHOLD,
         working_size: int | None = None,
         tile_overlap: float | None = None,
         tile_batch_size: int = DEFAULT_TILE_BATCH_SIZE,
@@ -910,7 +941,8 @@ class CounterfactualDiffusionPipeline(DiffusionPipeline):
                 null edit. A Tensor like `mask`: the same with the user's mask. `"none"`: neither. Default: `"auto"`
                 for images larger than the model's size (unless `mask` is given), else `"none"`. Needs `image`.
             mask_threshold: `preserve="auto"`: fraction in [0, 1] of an image's largest prediction difference from
-                which a latent pixel may change (before a one-pixel dilation).
+                which a latent pixel may change (before a one-pixel dilation); lower catches weaker effects (a shadow
+                beside the lamp that casts it) and changes more of the image.
             working_size: Shorter side, in pixels, at which the diffusion runs (a multiple of `size_multiple`,
                 from the model's size to the image's): the image is resized to it (antialiased bicubic), edited, and
                 the edit resized back to the image's size. None runs at the image's own size.
@@ -1038,6 +1070,7 @@ class CounterfactualDiffusionPipeline(DiffusionPipeline):
     # ------------------------------------------------------------------ generation
 
     @torch.no_grad()
+    @_dtypes_looked_up_once
     def generate(
         self,
         interventions: Mapping[str, Any] | None = None,
@@ -1123,8 +1156,8 @@ class CounterfactualDiffusionPipeline(DiffusionPipeline):
         timesteps = inference_timesteps(self.scheduler, num_inference_steps, 1.0, device)
         self._num_timesteps = len(timesteps)
         if latents is None:
-            latents = randn_tensor(shape, generator=generator, device=device, dtype=self.unet.dtype)
-        latents = latents.to(device=device, dtype=self.unet.dtype) * self.scheduler.init_noise_sigma
+            latents = randn_tensor(shape, generator=generator, device=device, dtype=self._dtype("unet"))
+        latents = latents.to(device=device, dtype=self._dtype("unet")) * self.scheduler.init_noise_sigma
         prompt_embeds = self._encode_prompt(prompt, num_images, device)
         kwargs = self._unet_kwargs(encoded, None, prompt_embeds)
         guided = guidance_scale != 1

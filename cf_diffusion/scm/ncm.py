@@ -122,6 +122,17 @@ class NeuralCausalModel(ModelMixin, ConfigMixin):
         self._index = {name: i for i, name in enumerate(schema.names)}
 
     @property
+    def device(self) -> torch.device:
+        """The parameters' device. `ModelMixin.device` also searches every submodule for offloading hooks, which a
+        causal model never has (pipelines exclude it from offloading); the inference methods ask many times."""
+        return next(self.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The parameters' dtype (see `device`)."""
+        return next(self.parameters()).dtype
+
+    @property
     def graph(self) -> CausalGraph:
         """The causal graph."""
         return self._graph
