@@ -22,14 +22,15 @@ def _edit_kwargs(args) -> dict:
 
     if args.show_mask and args.preserve == "none":
         raise ValueError("--show-mask draws the preservation mask, which --preserve none turns off.")
+    kwargs = {} if args.mask_threshold is None else {"mask_threshold": args.mask_threshold}
     return {
+        **kwargs,
         "num_inference_steps": args.steps,
         "guidance_scale": args.guidance,
         "strength": args.strength,
         "abduction": args.abduction,
         "generator": torch.Generator().manual_seed(args.seed),
         "preserve": "auto" if args.show_mask and args.preserve is None else args.preserve,
-        "mask_threshold": args.mask_threshold,
         "working_size": args.working_size,
         "tile_batch_size": args.tile_batch_size,
     }
@@ -191,7 +192,9 @@ def build_parser() -> argparse.ArgumentParser:
         "larger than the model's size); none: let the whole image change",
     )
     edit.add_argument(
-        "--mask-threshold", type=float, default=0.5, help="--preserve auto: fraction of the largest effect to mask"
+        "--mask-threshold",
+        type=float,
+        help="--preserve auto: fraction of the largest effect from which a region is masked (default 0.1)",
     )
     edit.add_argument(
         "--working-size",
