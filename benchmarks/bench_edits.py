@@ -5,7 +5,8 @@
 Prints one markdown table per editing setting (abduction, steps, guidance scale, inversion strength): for each
 intervention the fraction of edits whose intervened factor takes the requested value, whose descendants take their
 SCM counterfactual value, whose non-descendants (digit included) are preserved, the error of each continuous factor,
-the error to the true counterfactual image and the null edit's error; the row `none` reads the unedited images. See
+the error to the true counterfactual image and the null edit's error; the row `none` reads the unedited images, and
+each `do(x), true image` row the true counterfactual images (what a perfect editor scores with these readers). See
 cf_diffusion/evaluation/edits.py for the definitions.
 """
 

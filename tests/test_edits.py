@@ -6,6 +6,7 @@ from pipeline_fixtures import procedural_pipeline
 
 from cf_diffusion.data import get_dataset
 from cf_diffusion.evaluation.edits import EditSettings, evaluate_edits, format_report, read_edits
+from cf_diffusion.evaluation.harness import shifted_values
 
 SETTINGS = EditSettings(num_inference_steps=2, guidance_scale=1.0, abduction="ddpm")
 
@@ -17,7 +18,14 @@ def morpho_report():
 
 
 def test_continuous_and_categorical_edits_are_scored(morpho_report):
-    assert list(morpho_report) == ["none", "do(thickness)", "do(digit)", "null"]
+    assert list(morpho_report) == [
+        "none",
+        "do(thickness)",
+        "do(thickness), true image",
+        "do(digit)",
+        "do(digit), true image",
+        "null",
+    ]
     thickness = morpho_report["do(thickness)"]
     assert {"intervened", "descendants", "non_descendants", "digit_kept", "scm_vs_truth", "truth_l1"} <= set(thickness)
     assert {"thickness_mae", "intensity_mae"} <= set(thickness)
@@ -36,6 +44,17 @@ def test_floor_row_is_the_measurement_function_on_the_unedited_images(morpho_rep
     for name in ("thickness", "intensity"):
         expected = np.abs(measured[name] - np.asarray(sample.factors[name])).mean()
         assert morpho_report["none"][f"{name}_mae"] == pytest.approx(expected)
+
+
+def test_true_image_row_reads_the_true_counterfactual_against_the_true_factors(morpho_report):
+    dataset = get_dataset("morpho")
+    sample = dataset.sample(6, seed=12345, resolution=16)
+    values = shifted_values(procedural_pipeline("morpho").schema["thickness"], np.asarray(sample.factors["thickness"]))
+    truth = dataset.counterfactual(sample.exogenous, {"thickness": values}, resolution=16)
+    measured = dataset.measure(truth.images)
+    row = morpho_report["do(thickness), true image"]
+    assert row["thickness_mae"] == pytest.approx(np.abs(measured["thickness"] - values).mean())
+    assert row["intensity_mae"] == pytest.approx(np.abs(measured["intensity"] - truth.factors["intensity"]).mean())
 
 
 def test_reader_prefers_the_measurement_function_for_continuous_factors():
@@ -59,6 +78,8 @@ def test_report_table_has_one_row_per_edit(morpho_report):
     assert [line.split(" |")[0] for line in table.splitlines()[2:]] == [
         "| none",
         "| do(thickness)",
+        "| do(thickness), true image",
         "| do(digit)",
+        "| do(digit), true image",
         "| null",
     ]

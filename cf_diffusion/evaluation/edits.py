@@ -18,7 +18,9 @@ A discrete reading *takes* its target when it equals it; a continuous reading wh
 - `truth_l1`: mean absolute error (images in [0, 1]) between the edited image and the true counterfactual image;
 - `null_edit_l1`: mean absolute error between an image and its null edit (`interventions={}`).
 
-The row `none` reads the unedited images against their own labels: the reader's floor under every figure.
+The row `none` reads the unedited images against their own labels: the reader's floor under every figure. The row
+`do(name), true image` reads the true counterfactual images the same way, against the true counterfactual factors:
+what a perfect editor would score with these readers and tolerances.
 """
 
 from dataclasses import dataclass
@@ -127,22 +129,19 @@ def evaluate_edits(
                 scm_cf[k].append(cf_values[k].numpy())
         edited = np.concatenate(edited)
         scm_cf = {k: np.concatenate(v) for k, v in scm_cf.items()}
-        read = read_edits(pipe, dataset, edited)
+        truth_images = truth.images.astype(np.float32)[..., : edited.shape[-1]] / 255.0
         descendants = sorted(graph.descendants(name))
         others = [k for k in schema.names if k != name and k not in descendants]
         targets = {**{k: factual[k] for k in others}, **{k: scm_cf[k] for k in descendants}, name: values}
-        truth_images = truth.images.astype(np.float32) / 255.0
-        row = {
-            "intervened": _rates(schema, [name], read, targets, scale),
-            "descendants": _rates(schema, descendants, read, targets, scale),
-            "non_descendants": _rates(schema, others, read, targets, scale),
-            "scm_vs_truth": _rates(schema, descendants, scm_cf, truth.factors, scale),
-            "truth_l1": float(np.abs(edited - truth_images[..., : edited.shape[-1]]).mean()),
-        }
-        row.update({f"{k}_mae": float(np.abs(read[k] - targets[k]).mean()) for k in continuous})
-        if "digit" in read and name != "digit":
-            row["digit_kept"] = float(np.mean(read["digit"] == factual["digit"]))
+        row = _effect_rates(schema, name, descendants, others, read_edits(pipe, dataset, edited), targets, scale)
+        row["scm_vs_truth"] = _rates(schema, descendants, scm_cf, truth.factors, scale)
+        row["truth_l1"] = float(np.abs(edited - truth_images).mean())
         report[f"do({name})"] = row
+        true_targets = {**targets, **{k: truth.factors[k] for k in descendants}}
+        read_truth = read_edits(pipe, dataset, truth_images)
+        report[f"do({name}), true image"] = _effect_rates(
+            schema, name, descendants, others, read_truth, true_targets, scale
+        )
     null = []
     for start in range(0, num_rows, batch_size):
         rows = slice(start, start + batch_size)
@@ -156,6 +155,19 @@ def evaluate_edits(
         null.append(np.abs(np.asarray(out.images) - images[rows]).mean(axis=(1, 2, 3)))
     report["null"] = {"null_edit_l1": float(np.concatenate(null).mean())}
     return report
+
+
+def _effect_rates(schema, name: str, descendants: list, others: list, read: dict, targets: dict, scale: dict) -> dict:
+    """The per-intervention rates and errors of readings `read` against `targets` (module docstring)."""
+    row = {
+        "intervened": _rates(schema, [name], read, targets, scale),
+        "descendants": _rates(schema, descendants, read, targets, scale),
+        "non_descendants": _rates(schema, others, read, targets, scale),
+    }
+    row.update({f"{k}_mae": float(np.abs(read[k] - targets[k]).mean()) for k in scale})
+    if "digit" in read and name != "digit":
+        row["digit_kept"] = float(np.mean(read["digit"] == targets["digit"]))
+    return row
 
 
 def format_report(report: dict[str, dict[str, float]]) -> str:
