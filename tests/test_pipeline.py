@@ -74,6 +74,17 @@ def test_null_edit_with_ddpm_reconstructs_latents():
     assert (out.images - latents).abs().max() < 1e-4
 
 
+def test_dtypes_are_looked_up_per_call():
+    pipe = tiny_pipeline(latent=True)
+    images = tiny_images(1, 16)
+    first = pipe(image=images, factors=FACTORS[:1], num_inference_steps=2, output_type="latent")
+    assert first.images.dtype == torch.float32 and pipe._call_dtypes is None
+    pipe.to(dtype=torch.float64)
+    second = pipe(image=images, factors=FACTORS[:1], num_inference_steps=2, output_type="latent")
+    assert second.images.dtype == torch.float64
+    assert (second.images - first.images.double()).abs().max() < 1e-4
+
+
 def test_zero_guidance_with_factual_reference_replays_the_factual_image():
     """w = 0 leaves only the reference branch, the factual conditioning: a DDPM edit then returns the input."""
     pipe = tiny_pipeline()
