@@ -29,10 +29,8 @@ import numpy as np
 import torch
 
 from cf_diffusion.data.procedural import ProceduralDataset
-from cf_diffusion.evaluation.harness import read_factors, shifted_values
+from cf_diffusion.evaluation.harness import CONTINUOUS_TOLERANCE, read_factors, shifted_values
 from cf_diffusion.guidance import GuidanceScale
-
-CONTINUOUS_TOLERANCE = 0.5  # held-out standard deviations within which a continuous reading takes its target
 
 
 @dataclass
