@@ -4,71 +4,24 @@ One edit = DDIM inversion under the factual factors (S UNet calls at batch B) + 
 counterfactual factors (S UNet calls at batch 2B, factual reference and counterfactual branch together), plus the
 VAE, factor encoder, causal model and scheduler work the pipeline does around them. The bare loop makes exactly the
 UNet calls, with conditioning prepared beforehand; `ratio` = pipeline throughput / bare throughput (goal >= 0.95).
-Medians over `--repeats` runs, after one warm-up run per configuration.
+A second bare loop adds what no edit can skip, the VAE's encoding of the input and decoding of the result; its ratio
+is the cost of everything else the pipeline does (checks, causal model, scheduler steps, bookkeeping). The three
+alternate (pipeline, bare, bare + VAE, pipeline, ...) so that a slow spell of the machine hits all; the table gives
+the median throughputs and the medians of the per-round ratios over `--repeats` rounds, after one warm-up round.
 
-    python benchmarks/bench_pipeline.py                      # random UNet of the shipped size, 32 px, f=4 VAE
+    python benchmarks/bench_pipeline.py                      # the shipped colored-bars model (float32)
     python benchmarks/bench_pipeline.py --model path/to/pipeline --steps 10 25 --batches 1 16
 """
 
 import argparse
 import statistics
 import time
+from functools import partial
 
 import torch
-from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 
-from cf_diffusion import CounterfactualDiffusionPipeline
-from cf_diffusion.conditioning import FactorEncoder
-from cf_diffusion.factors import Factor, FactorSchema
-from cf_diffusion.graph import CausalGraph
 from cf_diffusion.inversion import inference_timesteps
-from cf_diffusion.scm import NeuralCausalModel
-
-EMBED_DIM = 64
-
-
-def random_pipeline() -> CounterfactualDiffusionPipeline:
-    """A randomly initialised pipeline of the shipped size: 32 px images, f=4 VAE, 8x8x4 latents, 4 factors."""
-    torch.manual_seed(0)
-    schema = FactorSchema(
-        [
-            Factor.binary("size", ["small", "large"]),
-            Factor.categorical("color", ["red", "green"]),
-            Factor.binary("bar"),
-            Factor.categorical("digit", [str(d) for d in range(10)]),
-        ]
-    )
-    graph = CausalGraph.parse("size <-> color; size -> bar; color -> bar; digit")
-    unet = UNet2DConditionModel(
-        sample_size=8,
-        in_channels=4,
-        out_channels=4,
-        block_out_channels=(64, 128, 128),
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-        layers_per_block=2,
-        cross_attention_dim=EMBED_DIM,
-        attention_head_dim=8,
-        class_embed_type="projection",
-        projection_class_embeddings_input_dim=len(schema) * EMBED_DIM,
-    )
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 3,
-        up_block_types=("UpDecoderBlock2D",) * 3,
-        block_out_channels=(32, 64, 64),
-        latent_channels=4,
-        norm_num_groups=32,
-        sample_size=32,
-    )
-    return CounterfactualDiffusionPipeline(
-        unet=unet,
-        scheduler=DDIMScheduler(beta_schedule="scaled_linear", clip_sample=False),
-        factor_encoder=FactorEncoder(schema, embed_dim=EMBED_DIM),
-        scm=NeuralCausalModel(graph=graph, schema=schema),
-        vae=vae,
-    )
+from cf_diffusion.models import load_pipeline
 
 
 def edit(pipe, images, factors, interventions, steps, guidance_scale) -> None:
@@ -97,32 +50,46 @@ def bare_loop(pipe, latents, factual, counterfactual, steps, guided) -> None:
         pipe.unet(edit_latents, t, **edit_kwargs)
 
 
-def timed(repeats: int, fn, *args) -> float:
-    """Median seconds of `fn(*args)` over `repeats` runs, after one warm-up run."""
+def bare_loop_with_vae(pipe, pixels, factual, counterfactual, steps, guided) -> None:
+    """`bare_loop` between the VAE's encoding of the input pixels and its decoding of the result."""
+    vae = pipe.vae
+    latents = vae.encode(pixels).latent_dist.mean * vae.config.scaling_factor
+    bare_loop(pipe, latents, factual, counterfactual, steps, guided)
+    vae.decode(latents / vae.config.scaling_factor)
+
+
+def seconds(fn, *args) -> float:
+    start = time.perf_counter()
     fn(*args)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn(*args)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return time.perf_counter() - start
+
+
+def timed_rounds(repeats: int, *fns) -> list[list[float]]:
+    """Seconds of each of `fns` (called without arguments), run in turn `repeats` times, after one warm-up round."""
+    for fn in fns:
+        fn()
+    rounds = [[seconds(fn) for fn in fns] for _ in range(repeats)]
+    return [list(times) for times in zip(*rounds, strict=True)]
+
+
+def median_ratio(pipeline_times: list[float], bare_times: list[float]) -> float:
+    """Median over rounds of bare seconds / pipeline seconds (= pipeline throughput / bare throughput)."""
+    return statistics.median(b / p for p, b in zip(pipeline_times, bare_times, strict=True))
 
 
 @torch.no_grad()
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument(
-        "--model", help="a saved CounterfactualDiffusionPipeline folder (default: random, shipped size)"
-    )
+    parser.add_argument("--model", default="default", help="a shipped model's name or a pipeline folder")
     parser.add_argument("--steps", type=int, nargs="+", default=[10, 25, 50])
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 16, 64])
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--guidance-scale", type=float, default=3.0)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    pipe = CounterfactualDiffusionPipeline.from_pretrained(args.model) if args.model else random_pipeline()
+    pipe = load_pipeline(args.model)
     pipe.set_progress_bar_config(disable=True)
     schema = pipe.schema
     target = schema.factors[0]
@@ -133,9 +100,12 @@ def main() -> None:
         f"UNet {num_parameters / 1e6:.2f} M parameters, images {pipe.image_size} px, latents "
         f"{pipe.unet.config.in_channels}x{pipe.unet.config.sample_size}x{pipe.unet.config.sample_size}, "
         f"{len(schema)} factors, intervention {interventions}, guidance {args.guidance_scale}, "
-        f"{torch.get_num_threads()} threads, median of {args.repeats}"
+        f"{torch.get_num_threads()} threads, medians of {args.repeats} rounds"
     )
-    print(f"{'steps':>5} {'batch':>5} {'pipeline edits/s':>17} {'bare loop edits/s':>18} {'ratio':>6}")
+    print(
+        f"{'steps':>5} {'batch':>5} {'pipeline edits/s':>17} {'bare UNet loop edits/s':>23} {'ratio':>6} "
+        f"{'bare UNet + VAE edits/s':>24} {'ratio':>6}"
+    )
     for steps in args.steps:
         for batch in args.batches:
             values = pipe.scm.sample(batch, generator=torch.Generator().manual_seed(batch))
@@ -146,12 +116,19 @@ def main() -> None:
                 {**values, **schema.to_values({target.name: [value] * batch}, partial=True)}
             )
             guided = args.guidance_scale != 1 and bool((counterfactual != factual).any())
-            latents = pipe.encode_images(pipe.image_processor.preprocess(images), pipe.device)
-            pipeline_time = timed(args.repeats, edit, pipe, images, factors, interventions, steps, args.guidance_scale)
-            bare_time = timed(args.repeats, bare_loop, pipe, latents, factual, counterfactual, steps, guided)
+            pixels = pipe.image_processor.preprocess(images)
+            latents = pipe.encode_images(pixels, pipe.device)
+            pipeline_times, bare_times, vae_times = timed_rounds(
+                args.repeats,
+                partial(edit, pipe, images, factors, interventions, steps, args.guidance_scale),
+                partial(bare_loop, pipe, latents, factual, counterfactual, steps, guided),
+                partial(bare_loop_with_vae, pipe, pixels, factual, counterfactual, steps, guided),
+            )
+            rates = [batch / statistics.median(times) for times in (pipeline_times, bare_times, vae_times)]
             print(
-                f"{steps:>5} {batch:>5} {batch / pipeline_time:>17.2f} {batch / bare_time:>18.2f} "
-                f"{bare_time / pipeline_time:>6.3f}",
+                f"{steps:>5} {batch:>5} {rates[0]:>17.2f} {rates[1]:>23.2f} "
+                f"{median_ratio(pipeline_times, bare_times):>6.3f} {rates[2]:>24.2f} "
+                f"{median_ratio(pipeline_times, vae_times):>6.3f}",
                 flush=True,
             )
 
