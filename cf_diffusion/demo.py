@@ -50,8 +50,7 @@ def run_demo(
         indices = schema.to_values({factor.name: [row[factor.name] for row in factual]}, partial=True)[
             factor.name
         ].numpy()
-        values = shifted_values(factor, indices)
-        values = [factor.levels[int(v)] for v in values] if factor.is_discrete else values.tolist()
+        values = schema.from_values({factor.name: torch.as_tensor(shifted_values(factor, indices))})[factor.name]
         out_ = pipe(
             image=images,
             factors=factual,

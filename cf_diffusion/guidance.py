@@ -21,6 +21,11 @@ CONTINUOUS_GUIDANCE = 1.0
 GuidanceScale = float | Mapping[str, float] | None
 
 
+def is_weight(w: object) -> bool:
+    """Whether `w` is a valid guidance weight: a number (not a bool) >= 0."""
+    return not isinstance(w, bool) and isinstance(w, int | float) and w >= 0
+
+
 def factor_weights(schema: FactorSchema, guidance_scale: GuidanceScale) -> dict[str, float]:
     """The guidance weight of each factor.
 
@@ -48,7 +53,7 @@ def factor_weights(schema: FactorSchema, guidance_scale: GuidanceScale) -> dict[
     else:
         given = {name: guidance_scale for name in weights}
     for name, w in given.items():
-        if isinstance(w, bool) or not isinstance(w, int | float) or w < 0:
+        if not is_weight(w):
             raise ValueError(f"guidance_scale must be a number >= 0 (or a dict of them), got {w!r} for {name!r}")
     weights.update({name: float(w) for name, w in given.items()})
     return weights

@@ -42,7 +42,7 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from cf_diffusion.conditioning import FactorEncoder
 from cf_diffusion.factors import FactorSchema
-from cf_diffusion.guidance import GuidanceScale, edit_guidance, factor_weights
+from cf_diffusion.guidance import GuidanceScale, edit_guidance, factor_weights, is_weight
 from cf_diffusion.inversion import (
     ModelFn,
     ddim_invert,
@@ -1110,7 +1110,7 @@ class CounterfactualDiffusionPipeline(DiffusionPipeline):
         if isinstance(callback_on_step_end, PipelineCallback | MultiPipelineCallbacks):
             callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
         callback_on_step_end_tensor_inputs = callback_on_step_end_tensor_inputs or ["latents"]
-        if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, int | float) or guidance_scale < 0:
+        if not is_weight(guidance_scale):
             raise ValueError(
                 f"guidance_scale of generate must be one number >= 0 (classifier-free guidance over all factors), "
                 f"got {guidance_scale!r}"

@@ -75,7 +75,9 @@ def load_training_data(config: dict) -> TrainingData:
         graph = dataset.graph
         factors, images = sample.factors, sample.images
         if num_interventional:
-            rendered = _interventional_sample(dataset, sample.factors, num_interventional, config["seed"], data)
+            rendered = _interventional_sample(
+                dataset, sample.factors, num_interventional, config["seed"], data["resolution"]
+            )
             factors = {name: np.concatenate([factors[name], rendered.factors[name]]) for name in factors}
             images = np.concatenate([images, rendered.images])
         table = schema.to_values(factors)
@@ -116,7 +118,7 @@ def load_training_data(config: dict) -> TrainingData:
     )
 
 
-def _interventional_sample(dataset, observed: dict[str, np.ndarray], n: int, seed: int, data: dict):
+def _interventional_sample(dataset, observed: dict[str, np.ndarray], n: int, seed: int, resolution: int):
     """`n` rows rendered under do(every factor with parents = an independent draw from its observed marginal).
 
     The image's own mechanism, p(image | factors), is the same under any intervention on the factors, so these
@@ -131,4 +133,4 @@ def _interventional_sample(dataset, observed: dict[str, np.ndarray], n: int, see
         for name in dataset.graph.nodes
         if dataset.graph.parents(name)
     }
-    return dataset.sample(n, seed=seed + 1, resolution=data["resolution"], interventions=interventions)
+    return dataset.sample(n, seed=seed + 1, resolution=resolution, interventions=interventions)

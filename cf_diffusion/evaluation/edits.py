@@ -5,8 +5,8 @@ factual image given its true factual factors to the harness's intervention value
 level of a discrete factor, a value half the held-out distribution away for a continuous one). Every factor is
 read off the edited image: continuous factors by the dataset's own measurement function where it has one
 (`dataset.measure`, e.g. `morpho`'s thickness and intensity), everything else by the pipeline's factor predictor.
-A discrete reading *takes* its target when it equals it; a continuous reading when it lies within
-`CONTINUOUS_TOLERANCE` held-out standard deviations of it. Per intervention it reports:
+A discrete reading *takes* its target when it equals it; a continuous reading when it lies within half a held-out
+standard deviation of it (`harness.keep_tolerances`, the harness's tolerance too). Per intervention it reports:
 
 - `intervened`: fraction of edits whose intervened factor takes the requested value;
 - `descendants`: fraction of (edit, descendant) pairs that take the pipeline's SCM counterfactual value;
@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from cf_diffusion.data.procedural import ProceduralDataset
-from cf_diffusion.evaluation.harness import CONTINUOUS_TOLERANCE, read_factors, shifted_values
+from cf_diffusion.evaluation.harness import keep_tolerances, read_factors, shifted_values
 from cf_diffusion.guidance import GuidanceScale
 
 
@@ -94,8 +94,7 @@ def evaluate_edits(
     images = sample.images.astype(np.float32) / 255.0
     if pipe.image_channels == 1:
         images = images[..., :1]
-    scale = {f.name: CONTINUOUS_TOLERANCE * float(np.std(factual[f.name])) for f in schema if not f.is_discrete}
-    continuous = [f.name for f in schema if not f.is_discrete]
+    scale = keep_tolerances(schema, factual)
     kwargs = dict(
         num_inference_steps=settings.num_inference_steps,
         strength=settings.strength,
@@ -104,7 +103,7 @@ def evaluate_edits(
     )
     floor = read_edits(pipe, dataset, images)
     report = {"none": {"non_descendants": _rates(schema, schema.names, floor, factual, scale)}}
-    report["none"].update({f"{k}_mae": float(np.abs(floor[k] - factual[k]).mean()) for k in continuous})
+    report["none"].update({f"{k}_mae": float(np.abs(floor[k] - factual[k]).mean()) for k in scale})
     if "digit" in floor:
         report["none"]["digit_kept"] = float(np.mean(floor["digit"] == factual["digit"]))
     for name in factors:

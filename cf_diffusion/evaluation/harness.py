@@ -239,6 +239,16 @@ def load_evaluation_data(
 # ---------------------------------------------------------------------------------------------------------- queries
 
 
+def keep_tolerances(schema: FactorSchema, factual: Mapping[str, np.ndarray]) -> dict[str, float]:
+    """Per continuous factor: how far a reading may lie from its target and still take it, `CONTINUOUS_TOLERANCE`
+    standard deviations of the rows' factual values (raw units, array[N] each)."""
+    return {
+        f.name: CONTINUOUS_TOLERANCE * float(np.std(np.asarray(factual[f.name], dtype=np.float64)))
+        for f in schema
+        if not f.is_discrete
+    }
+
+
 def shifted_values(factor: Factor, values: np.ndarray) -> np.ndarray:
     """The harness's intervention value for each row: another value of the factor, drawn from the rows' own values.
 
@@ -812,11 +822,7 @@ def _score_edit(
             schema, effectiveness(read, targets, schema), name, info["descendants"]
         )
     if read is not None and others and wanted & {"effectiveness", "consistency"}:
-        tolerance = {
-            k: CONTINUOUS_TOLERANCE * float(np.std(np.asarray(factual[k], dtype=np.float64)))
-            for k in others
-            if not schema[k].is_discrete
-        }
+        tolerance = {k: v for k, v in keep_tolerances(schema, factual).items() if k in others}
         entry["preservation"] = preservation_rate(factual, read, others, tolerance)
     if truth is not None and "ground_truth" in wanted:
         entry["ground_truth"] = ground_truth_distance(edited_t, _to_tensor(truth.images))
