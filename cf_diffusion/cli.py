@@ -221,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train a model from a recipe (configs/*.yaml)")
     train.add_argument("--config", required=True)
     train.add_argument("--resume_from_checkpoint", "--resume-from-checkpoint", default=None)
-    train.add_argument("--stages", nargs="+", choices=("scm", "vae", "unet", "predictor"))
+    train.add_argument("--stages", nargs="+", choices=("scm", "vae", "decoder", "unet", "predictor"))
     train.set_defaults(func=_train)
 
     data = commands.add_parser("data", help="procedural datasets with ground truth")

@@ -25,7 +25,7 @@ from cf_diffusion.conditioning import FactorEncoder
 from cf_diffusion.data import available_datasets, get_dataset, make_dataset
 from cf_diffusion.training import checkpoint as checkpoint_module
 from cf_diffusion.training import diffusion
-from cf_diffusion.training.assemble import assemble_pipeline
+from cf_diffusion.training.assemble import assemble_pipeline, load_stage_vae
 from cf_diffusion.training.checkpoint import list_checkpoints, load_checkpoint, resolve_checkpoint, save_checkpoint
 from cf_diffusion.training.config import load_config
 from cf_diffusion.training.data import load_training_data
@@ -45,7 +45,13 @@ def tiny_recipe(output_dir: Path, latent: bool = True, **sections: dict) -> dict
         "data": {"dataset": "colored-bars", "num_images": 200, "resolution": 16},
         "training": {"checkpointing_steps": 2, "checkpoints_total_limit": 3, "validation_steps": 2},
         "scm": {"num_steps": 5, "batch_size": 64, "hidden_dim": 8},
-        "vae": {"block_out_channels": [8, 16], "norm_num_groups": 8, "num_steps": 2, "batch_size": 8},
+        "vae": {
+            "block_out_channels": [8, 16],
+            "norm_num_groups": 8,
+            "num_steps": 2,
+            "batch_size": 8,
+            "decoder_num_steps": 2,
+        },
         "unet": {
             "block_out_channels": [16, 32],
             "layers_per_block": 1,
@@ -100,7 +106,7 @@ def test_tiny_recipe_trains_a_pipeline_that_loads_and_edits(tmp_path):
     run = tmp_path / "run"
     assert path == run / "pipeline" and (path / "model_index.json").is_file()
     assert all((run / "stages" / stage / "DONE").is_file() for stage in STAGES)
-    assert (run / "validation" / "vae-000002.png").is_file() and (run / "validation" / "unet-000002.png").is_file()
+    assert all((run / "validation" / f"{stage}-000002.png").is_file() for stage in ("vae", "decoder", "unet"))
     assert [p.name for p in list_checkpoints(run / "checkpoints" / "unet")] == ["checkpoint-2", "checkpoint-3"]
 
     pipe = CounterfactualDiffusionPipeline.from_pretrained(path)
@@ -126,6 +132,28 @@ def test_tiny_recipe_trains_a_pipeline_that_loads_and_edits(tmp_path):
     # A look at the run from its last unet checkpoint (EMA weights) gives the finished model.
     from_checkpoint = assemble_pipeline(config, checkpoint=run / "checkpoints" / "unet" / "checkpoint-3")
     assert torch.equal(from_checkpoint.unet.conv_in.weight, pipe.unet.conv_in.weight)
+
+
+def test_decoder_stage_refines_the_decoder_and_keeps_the_encoder(tmp_path):
+    config = tiny_recipe(tmp_path / "run", vae={"decoder_num_steps": 3})
+    stages = tmp_path / "run" / "stages"
+    with pytest.raises(ValueError, match="run the 'vae' stage first"):
+        train(config, stages=("decoder",))
+    train(config, stages=("vae", "decoder"))
+    joint = AutoencoderKL.from_pretrained(stages / "vae" / "vae")
+    refined = AutoencoderKL.from_pretrained(stages / "decoder" / "vae")
+    for module in ("encoder", "quant_conv"):
+        assert_same_state(getattr(joint, module).state_dict(), getattr(refined, module).state_dict(), module)
+    assert refined.config.scaling_factor == joint.config.scaling_factor
+    assert not torch.equal(joint.decoder.conv_out.weight, refined.decoder.conv_out.weight)
+    assert not torch.equal(joint.post_quant_conv.weight, refined.post_quant_conv.weight)
+    assert torch.equal(load_stage_vae(config).decoder.conv_out.weight, refined.decoder.conv_out.weight)
+    _, state = load_checkpoint(tmp_path / "run" / "checkpoints" / "decoder" / "checkpoint-3")
+    assert state["lr_scheduler"]["last_epoch"] == 3
+    # Without decoder steps the recipe has no decoder stage, and the pipeline is assembled without it.
+    plain = load_config(config, {"output_dir": str(tmp_path / "plain"), "vae": {"decoder_num_steps": 0}})
+    assert train(plain) == tmp_path / "plain" / "pipeline"
+    assert not (tmp_path / "plain" / "stages" / "decoder").exists()
 
 
 # ---------------------------------------------------------------------------------------------- resume

@@ -15,10 +15,13 @@ from cf_diffusion.training.finetune import load_text_components
 
 
 def load_stage_vae(config: dict) -> AutoencoderKL | None:
-    """The run's autoencoder: None in pixel space, else the trained (or given pretrained) one."""
+    """The run's autoencoder: None in pixel space, else the trained (or given pretrained) one, with the `decoder`
+    stage's refined decoder once that stage has finished (the encoder is the same)."""
     if config["vae"] is None:
         return None
-    return AutoencoderKL.from_pretrained(Path(config["output_dir"]) / "stages" / "vae" / "vae")
+    stages = Path(config["output_dir"]) / "stages"
+    refined = (stages / "decoder" / "DONE").is_file()
+    return AutoencoderKL.from_pretrained(stages / ("decoder" if refined else "vae") / "vae")
 
 
 def diffusion_from_checkpoint(

@@ -45,6 +45,9 @@ DEFAULTS: dict = {
         "batch_size": 32,
         "lr": 1e-3,
         "kl_weight": 1e-6,
+        # the `decoder` stage: steps refining the decoder on posterior means, encoder frozen (0: no such stage)
+        "decoder_num_steps": 0,
+        "decoder_lr": 3e-4,
     },
     "unet": {
         # a local Stable-Diffusion-style folder (unet/, vae/, scheduler/, text_encoder/, tokenizer/) to fine-tune

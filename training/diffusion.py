@@ -121,7 +121,7 @@ def train_diffusion(
     config: dict, data: TrainingData, accelerator: Accelerator, resume: str | None, vae: AutoencoderKL | None = None
 ) -> dict:
     """Trains UNet + FactorEncoder; returns {"unet", "factor_encoder"} with the EMA weights."""
-    unet_config, training = config["unet"], config["training"]
+    unet_config = config["unet"]
     torch.manual_seed(config["seed"])
     targets = training_targets(data, vae)
     factor_encoder = build_factor_encoder(config, data.schema)
@@ -174,18 +174,7 @@ def train_diffusion(
         save_image(grid, f"{config['output_dir']}/validation/unet-{step:06d}.png")
 
     stage = Stage("unet", {"model": model}, optimizer, lr_scheduler, ema)
-    run_stage(
-        stage,
-        accelerator,
-        loss_fn,
-        unet_config["num_steps"],
-        config["output_dir"],
-        training["checkpointing_steps"],
-        training["checkpoints_total_limit"],
-        resume,
-        validate,
-        training["validation_steps"],
-    )
+    run_stage(stage, accelerator, loss_fn, unet_config["num_steps"], config, resume, validate)
     trained = accelerator.unwrap_model(model)
     ema.copy_to(trained.parameters())
     return {"unet": trained.unet, "factor_encoder": trained.factor_encoder}

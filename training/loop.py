@@ -60,12 +60,9 @@ def run_stage(
     accelerator: Accelerator,
     loss_fn: Callable[[int], torch.Tensor],
     num_steps: int,
-    output_dir: str | Path,
-    checkpointing_steps: int,
-    checkpoints_total_limit: int = 2,
+    config: dict,
     resume_from_checkpoint: str | None = None,
     validate: Callable[[int], None] | None = None,
-    validation_steps: int = 0,
 ) -> int:
     """Runs a stage to `num_steps` optimizer steps, resuming from its latest checkpoint when asked.
 
@@ -74,17 +71,17 @@ def run_stage(
         accelerator: the run's Accelerator (its `gradient_accumulation_steps` micro-batches make one step).
         loss_fn: micro-batch index -> scalar loss (micro-batch index = step * accumulation + micro).
         num_steps: the total number of optimizer steps of the stage.
-        output_dir: the run folder; checkpoints go to `output_dir/checkpoints/{stage.name}`.
-        checkpointing_steps: save every this many steps (and at the end).
-        checkpoints_total_limit: how many checkpoints to keep.
+        config: the run's recipe: checkpoints go to `output_dir/checkpoints/{stage.name}` every
+            `training.checkpointing_steps` steps (and at the end), the last `training.checkpoints_total_limit` kept.
         resume_from_checkpoint: "latest", a checkpoint folder, or None.
-        validate: called with the step on the main process every `validation_steps` steps (0: never).
-        validation_steps: see `validate`.
+        validate: called with the step on the main process every `training.validation_steps` steps (0: never).
 
     Returns:
         The step the stage started from (0 for a fresh run).
     """
-    checkpoint_dir = Path(output_dir) / "checkpoints" / stage.name
+    training = config["training"]
+    checkpointing_steps, validation_steps = training["checkpointing_steps"], training["validation_steps"]
+    checkpoint_dir = Path(config["output_dir"]) / "checkpoints" / stage.name
     start = 0
     path = resolve_checkpoint(checkpoint_dir, resume_from_checkpoint)
     if path is not None:
@@ -119,7 +116,7 @@ def run_stage(
         accelerator.log({f"{stage.name}/loss": value}, step=step)
         done = step + 1
         if accelerator.is_main_process and (done % checkpointing_steps == 0 or done == num_steps):
-            save_checkpoint(checkpoint_dir, done, stage.state(accelerator), keep=checkpoints_total_limit)
+            save_checkpoint(checkpoint_dir, done, stage.state(accelerator), keep=training["checkpoints_total_limit"])
         if validate is not None and validation_steps and accelerator.is_main_process and done % validation_steps == 0:
             validate(done)
         accelerator.wait_for_everyone()

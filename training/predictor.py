@@ -26,7 +26,7 @@ class PredictorLoss(nn.Module):
 
 def train_predictor(config: dict, data: TrainingData, accelerator: Accelerator, resume: str | None) -> FactorPredictor:
     """Trains a FactorPredictor on the data set's images and factors."""
-    predictor_config, training = config["predictor"], config["training"]
+    predictor_config = config["predictor"]
     torch.manual_seed(config["seed"])
     predictor = FactorPredictor(
         data.schema,
@@ -45,14 +45,5 @@ def train_predictor(config: dict, data: TrainingData, accelerator: Accelerator, 
         return model(pixels, data.factor_batch(rows).to(accelerator.device))
 
     stage = Stage("predictor", {"model": model}, optimizer)
-    run_stage(
-        stage,
-        accelerator,
-        loss_fn,
-        predictor_config["num_steps"],
-        config["output_dir"],
-        training["checkpointing_steps"],
-        training["checkpoints_total_limit"],
-        resume,
-    )
+    run_stage(stage, accelerator, loss_fn, predictor_config["num_steps"], config, resume)
     return accelerator.unwrap_model(model).predictor

@@ -1,7 +1,8 @@
 """`cf-diffusion train`: every stage of a recipe, resumable, ending in one pipeline folder.
 
 Stages, in order: `scm` (NeuralCausalModel.fit on the factor table), `vae` (skipped when the recipe says `vae: null`,
-i.e. pixel space), `unet` (UNet2DConditionModel + FactorEncoder), `predictor` (FactorPredictor). A finished stage is
+i.e. pixel space), `decoder` (the VAE's decoder refined with its encoder frozen; only with `vae.decoder_num_steps`),
+`unet` (UNet2DConditionModel + FactorEncoder), `predictor` (FactorPredictor). A finished stage is
 saved under `output_dir/stages/{name}` and reused by later runs; an unfinished one resumes from its checkpoints when
 `resume_from_checkpoint` is given. The assembled pipeline goes to `output_dir/pipeline`.
 """
@@ -16,11 +17,18 @@ from accelerate.utils import set_seed
 from cf_diffusion.training.config import load_config
 from cf_diffusion.training.data import load_training_data
 
-STAGES = ("scm", "vae", "unet", "predictor")
+STAGES = ("scm", "vae", "decoder", "unet", "predictor")
 
 
 def _finished(output_dir: Path, name: str) -> bool:
     return (output_dir / "stages" / name / "DONE").is_file()
+
+
+def _skipped(config: dict, name: str) -> bool:
+    """Whether the recipe has no such stage: no autoencoder in pixel space, no decoder refinement unless asked."""
+    if name in ("vae", "decoder") and config["vae"] is None:
+        return True
+    return name == "decoder" and not config["vae"]["decoder_num_steps"]
 
 
 def train(
@@ -57,7 +65,7 @@ def train(
     set_seed(config["seed"])
     data = load_training_data(config)
     for name in stages:
-        if name == "vae" and config["vae"] is None or _finished(output_dir, name):
+        if _skipped(config, name) or _finished(output_dir, name):
             continue
         start = time.perf_counter()
         models = _run_stage(name, config, data, accelerator, resume_from_checkpoint)
@@ -67,7 +75,7 @@ def train(
             (output_dir / "stages" / name / "DONE").write_text(f"{time.perf_counter() - start:.0f} s\n")
         accelerator.wait_for_everyone()
         accelerator.print(f"[{name}] finished in {time.perf_counter() - start:.0f} s")
-    needed = [s for s in STAGES if not (s == "vae" and config["vae"] is None)]
+    needed = [s for s in STAGES if not _skipped(config, s)]
     if not all(_finished(output_dir, s) for s in needed):
         accelerator.end_training()
         return None
@@ -106,6 +114,15 @@ def _run_stage(name: str, config: dict, data, accelerator: Accelerator, resume: 
         from cf_diffusion.training.vae import load_or_train_vae
 
         return {"vae": load_or_train_vae(config, data, accelerator, resume)}
+    if name == "decoder":
+        from diffusers import AutoencoderKL
+
+        from cf_diffusion.training.vae import train_decoder
+
+        if not _finished(Path(config["output_dir"]), "vae"):
+            raise ValueError("The 'decoder' stage refines the 'vae' stage's autoencoder: run the 'vae' stage first.")
+        vae = AutoencoderKL.from_pretrained(Path(config["output_dir"]) / "stages" / "vae" / "vae")
+        return {"vae": train_decoder(config, vae, data, accelerator, resume)}
     if name == "unet":
         from cf_diffusion.training.assemble import load_stage_vae
         from cf_diffusion.training.diffusion import train_diffusion

@@ -1,9 +1,11 @@
-"""Stage: an AutoencoderKL trained on the data set (the latent space of the diffusion model)."""
+"""Stages: an AutoencoderKL trained on the data set (the latent space of the diffusion model), and the refinement of
+its decoder with the encoder frozen."""
 
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
 from diffusers import AutoencoderKL
+from diffusers.optimization import get_scheduler
 
 from cf_diffusion.images import image_grid, save_image, to_uint8
 from cf_diffusion.training.data import TrainingData, batch_indices, shard_indices
@@ -46,9 +48,20 @@ def load_or_train_vae(config: dict, data: TrainingData, accelerator: Accelerator
     return train_vae(config, data, accelerator, resume)
 
 
+def _reconstruction_loss(reconstruction: torch.Tensor, pixels: torch.Tensor) -> torch.Tensor:
+    return F.l1_loss(reconstruction, pixels) + F.mse_loss(reconstruction, pixels)
+
+
+def _save_reconstructions(vae: AutoencoderKL, pixels: torch.Tensor, path: str) -> None:
+    """A validation grid: the images in the first rows, their reconstructions from posterior means below."""
+    with torch.no_grad():
+        reconstruction = vae.decode(vae.encode(pixels).latent_dist.mean).sample
+    save_image(image_grid(to_uint8(torch.cat([pixels, reconstruction])), columns=16, scale=2), path)
+
+
 def train_vae(config: dict, data: TrainingData, accelerator: Accelerator, resume: str | None) -> AutoencoderKL:
     """Trains the autoencoder (L1 + MSE reconstruction + a small KL), then sets `scaling_factor` = 1 / std(latents)."""
-    vae_config, training = config["vae"], config["training"]
+    vae_config = config["vae"]
     torch.manual_seed(config["seed"])
     vae = build_vae(config, config["data"]["resolution"], data.images.shape[1])
     optimizer = torch.optim.AdamW(vae.parameters(), lr=vae_config["lr"], weight_decay=0.0)
@@ -61,31 +74,64 @@ def train_vae(config: dict, data: TrainingData, accelerator: Accelerator, resume
         pixels = pixels.to(accelerator.device)
         posterior = vae.encode(pixels).latent_dist
         reconstruction = vae.decode(posterior.sample()).sample
-        reconstruction_loss = F.l1_loss(reconstruction, pixels) + F.mse_loss(reconstruction, pixels)
-        return reconstruction_loss + vae_config["kl_weight"] * posterior.kl().mean()
+        return _reconstruction_loss(reconstruction, pixels) + vae_config["kl_weight"] * posterior.kl().mean()
 
     def validate(step: int) -> None:
-        model = accelerator.unwrap_model(vae)
-        with torch.no_grad():
-            pixels = data.pixel_batch(fixed).to(accelerator.device)
-            reconstruction = model.decode(model.encode(pixels).latent_dist.mean).sample
-        grid = image_grid(to_uint8(torch.cat([pixels, reconstruction])), columns=16, scale=2)
-        save_image(grid, f"{config['output_dir']}/validation/vae-{step:06d}.png")
+        pixels = data.pixel_batch(fixed).to(accelerator.device)
+        _save_reconstructions(
+            accelerator.unwrap_model(vae), pixels, f"{config['output_dir']}/validation/vae-{step:06d}.png"
+        )
 
     stage = Stage("vae", {"vae": vae}, optimizer)
-    run_stage(
-        stage,
-        accelerator,
-        loss_fn,
-        vae_config["num_steps"],
-        config["output_dir"],
-        training["checkpointing_steps"],
-        training["checkpoints_total_limit"],
-        resume,
-        validate,
-        training["validation_steps"],
-    )
+    run_stage(stage, accelerator, loss_fn, vae_config["num_steps"], config, resume, validate)
     vae = accelerator.unwrap_model(vae)
     latents = encode_latents(vae, data)
     vae.register_to_config(scaling_factor=float(1.0 / latents.std()))
+    return vae
+
+
+def train_decoder(
+    config: dict, vae: AutoencoderKL, data: TrainingData, accelerator: Accelerator, resume: str | None
+) -> AutoencoderKL:
+    """Refines the decoder of `vae` on the posterior means with the encoder frozen (the recipe of Stable Diffusion's
+    fine-tuned `ft-MSE` decoders), for `vae.decoder_num_steps` steps at `vae.decoder_lr`, cosine-decayed.
+
+    The latents the diffusion model learns and samples are posterior means, but the joint stage trains the decoder on
+    posterior samples and stops early; a decoder trained on the means alone draws them back sharper. The encoder and
+    so the latents and `scaling_factor` do not change: a UNet trained on the joint stage's latents stays valid, and
+    this stage can run after it. (morpho: the joint stage's decoder thickened strokes thinner than 1.6 px by 0.38 px,
+    more than an edit's tolerance of 0.32 px; the refined one by 0.23 px.)
+    """
+    vae_config = config["vae"]
+    torch.manual_seed(config["seed"])
+    vae.requires_grad_(False)
+    trained = [vae.decoder, vae.post_quant_conv]
+    for module in trained:
+        module.requires_grad_(True)
+    parameters = [p for module in trained for p in module.parameters()]
+    optimizer = torch.optim.AdamW(parameters, lr=vae_config["decoder_lr"], weight_decay=0.0)
+    lr_scheduler = get_scheduler(
+        "cosine",
+        optimizer,
+        num_warmup_steps=0,
+        num_training_steps=vae_config["decoder_num_steps"] * accelerator.num_processes,
+    )
+    vae, optimizer, lr_scheduler = accelerator.prepare(vae, optimizer, lr_scheduler)
+    shard = shard_indices(len(data), accelerator.process_index, accelerator.num_processes)
+    fixed = shard[:16]
+
+    def loss_fn(micro_step: int) -> torch.Tensor:
+        pixels = data.pixel_batch(batch_indices(shard, vae_config["batch_size"], config["seed"], micro_step))
+        pixels = pixels.to(accelerator.device)
+        return _reconstruction_loss(vae(pixels, sample_posterior=False).sample, pixels)  # decodes the posterior mean
+
+    def validate(step: int) -> None:
+        pixels = data.pixel_batch(fixed).to(accelerator.device)
+        path = f"{config['output_dir']}/validation/decoder-{step:06d}.png"
+        _save_reconstructions(accelerator.unwrap_model(vae), pixels, path)
+
+    stage = Stage("decoder", {"vae": vae}, optimizer, lr_scheduler)
+    run_stage(stage, accelerator, loss_fn, vae_config["decoder_num_steps"], config, resume, validate)
+    vae = accelerator.unwrap_model(vae)
+    vae.requires_grad_(True)
     return vae
