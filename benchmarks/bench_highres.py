@@ -88,7 +88,8 @@ def light_target(light: float) -> float:
 def against_truth(sample, target: float, size: int, out) -> dict:
     """The edit `out` of the one-row pendulum `sample` against the true counterfactual render under
     do(light_angle=target), read by `Pendulum.measure`: shadow position and length errors, how far the true shadow
-    moved, how far the non-descendant pendulum moved, and the largest change of a pixel outside the mask."""
+    moved, how far the non-descendant pendulum moved, the largest change of a pixel outside the mask, and the mean
+    error against the true render inside it (grey levels; the regenerated region's fidelity)."""
     import numpy as np
 
     from cf_diffusion.data import get_dataset
@@ -97,17 +98,20 @@ def against_truth(sample, target: float, size: int, out) -> dict:
     truth = dataset.counterfactual(sample.exogenous, {"light_angle": target}, resolution=size)
     edited = np.asarray(out.images[0])[None]
     read, true, before = dataset.measure(edited), dataset.measure(truth.images), dataset.measure(sample.images)
-    outside = None
+    outside, inside = None, None
     if out.masks is not None:
         keep = out.masks[0, 0].cpu().numpy() == 0
         change = np.abs(edited[0].astype(np.int16) - sample.images[0].astype(np.int16)).max(axis=-1)
         outside = int(change[keep].max()) if keep.any() else 0
+        error = np.abs(edited[0].astype(np.float64) - truth.images[0].astype(np.float64)).mean(axis=-1)
+        inside = float(error[~keep].mean()) if (~keep).any() else 0.0
     return {
         "position_error": float(abs(read["shadow_position"][0] - true["shadow_position"][0])),
         "length_error": float(abs(read["shadow_length"][0] - true["shadow_length"][0])),
         "shadow_moved": float(abs(true["shadow_position"][0] - before["shadow_position"][0])),
         "pendulum_moved": float(abs(read["pendulum_angle"][0] - before["pendulum_angle"][0])),
         "outside_max_diff": outside,
+        "inside_error": inside,
     }
 
 
