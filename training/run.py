@@ -115,14 +115,13 @@ def _run_stage(name: str, config: dict, data, accelerator: Accelerator, resume: 
 
         return {"vae": load_or_train_vae(config, data, accelerator, resume)}
     if name == "decoder":
-        from diffusers import AutoencoderKL
-
+        from cf_diffusion.training.assemble import load_stage_vae
         from cf_diffusion.training.vae import train_decoder
 
         if not _finished(Path(config["output_dir"]), "vae"):
             raise ValueError("The 'decoder' stage refines the 'vae' stage's autoencoder: run the 'vae' stage first.")
-        vae = AutoencoderKL.from_pretrained(Path(config["output_dir"]) / "stages" / "vae" / "vae")
-        return {"vae": train_decoder(config, vae, data, accelerator, resume)}
+        # the vae stage's autoencoder: an unfinished decoder stage has none of its own yet
+        return {"vae": train_decoder(config, load_stage_vae(config), data, accelerator, resume)}
     if name == "unet":
         from cf_diffusion.training.assemble import load_stage_vae
         from cf_diffusion.training.diffusion import train_diffusion

@@ -1,6 +1,8 @@
 """Stages: an AutoencoderKL trained on the data set (the latent space of the diffusion model), and the refinement of
 its decoder with the encoder frozen."""
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
@@ -52,11 +54,21 @@ def _reconstruction_loss(reconstruction: torch.Tensor, pixels: torch.Tensor) -> 
     return F.l1_loss(reconstruction, pixels) + F.mse_loss(reconstruction, pixels)
 
 
-def _save_reconstructions(vae: AutoencoderKL, pixels: torch.Tensor, path: str) -> None:
-    """A validation grid: the images in the first rows, their reconstructions from posterior means below."""
-    with torch.no_grad():
-        reconstruction = vae.decode(vae.encode(pixels).latent_dist.mean).sample
-    save_image(image_grid(to_uint8(torch.cat([pixels, reconstruction])), columns=16, scale=2), path)
+def _reconstruction_validator(
+    name: str, vae: torch.nn.Module, rows: torch.Tensor, data: TrainingData, accelerator: Accelerator, config: dict
+) -> Callable[[int], None]:
+    """The stage's `validate`: a grid of the images `rows` over their reconstructions from posterior means, written
+    to `output_dir/validation/{name}-{step}.png`."""
+
+    def validate(step: int) -> None:
+        model = accelerator.unwrap_model(vae)
+        pixels = data.pixel_batch(rows).to(accelerator.device)
+        with torch.no_grad():
+            reconstruction = model.decode(model.encode(pixels).latent_dist.mean).sample
+        grid = image_grid(to_uint8(torch.cat([pixels, reconstruction])), columns=16, scale=2)
+        save_image(grid, f"{config['output_dir']}/validation/{name}-{step:06d}.png")
+
+    return validate
 
 
 def train_vae(config: dict, data: TrainingData, accelerator: Accelerator, resume: str | None) -> AutoencoderKL:
@@ -67,7 +79,6 @@ def train_vae(config: dict, data: TrainingData, accelerator: Accelerator, resume
     optimizer = torch.optim.AdamW(vae.parameters(), lr=vae_config["lr"], weight_decay=0.0)
     vae, optimizer = accelerator.prepare(vae, optimizer)
     shard = shard_indices(len(data), accelerator.process_index, accelerator.num_processes)
-    fixed = shard[:16]
 
     def loss_fn(micro_step: int) -> torch.Tensor:
         pixels = data.pixel_batch(batch_indices(shard, vae_config["batch_size"], config["seed"], micro_step))
@@ -76,13 +87,8 @@ def train_vae(config: dict, data: TrainingData, accelerator: Accelerator, resume
         reconstruction = vae.decode(posterior.sample()).sample
         return _reconstruction_loss(reconstruction, pixels) + vae_config["kl_weight"] * posterior.kl().mean()
 
-    def validate(step: int) -> None:
-        pixels = data.pixel_batch(fixed).to(accelerator.device)
-        _save_reconstructions(
-            accelerator.unwrap_model(vae), pixels, f"{config['output_dir']}/validation/vae-{step:06d}.png"
-        )
-
     stage = Stage("vae", {"vae": vae}, optimizer)
+    validate = _reconstruction_validator("vae", vae, shard[:16], data, accelerator, config)
     run_stage(stage, accelerator, loss_fn, vae_config["num_steps"], config, resume, validate)
     vae = accelerator.unwrap_model(vae)
     latents = encode_latents(vae, data)
@@ -100,7 +106,7 @@ def train_decoder(
     posterior samples and stops early; a decoder trained on the means alone draws them back sharper. The encoder and
     so the latents and `scaling_factor` do not change: a UNet trained on the joint stage's latents stays valid, and
     this stage can run after it. (morpho: the joint stage's decoder thickened strokes thinner than 1.6 px by 0.38 px,
-    more than an edit's tolerance of 0.32 px; the refined one by 0.23 px.)
+    more than an edit's tolerance of 0.32 px; after 3,000 steps of this stage, by 0.22 px.)
     """
     vae_config = config["vae"]
     torch.manual_seed(config["seed"])
@@ -118,19 +124,14 @@ def train_decoder(
     )
     vae, optimizer, lr_scheduler = accelerator.prepare(vae, optimizer, lr_scheduler)
     shard = shard_indices(len(data), accelerator.process_index, accelerator.num_processes)
-    fixed = shard[:16]
 
     def loss_fn(micro_step: int) -> torch.Tensor:
         pixels = data.pixel_batch(batch_indices(shard, vae_config["batch_size"], config["seed"], micro_step))
         pixels = pixels.to(accelerator.device)
         return _reconstruction_loss(vae(pixels, sample_posterior=False).sample, pixels)  # decodes the posterior mean
 
-    def validate(step: int) -> None:
-        pixels = data.pixel_batch(fixed).to(accelerator.device)
-        path = f"{config['output_dir']}/validation/decoder-{step:06d}.png"
-        _save_reconstructions(accelerator.unwrap_model(vae), pixels, path)
-
     stage = Stage("decoder", {"vae": vae}, optimizer, lr_scheduler)
+    validate = _reconstruction_validator("decoder", vae, shard[:16], data, accelerator, config)
     run_stage(stage, accelerator, loss_fn, vae_config["decoder_num_steps"], config, resume, validate)
     vae = accelerator.unwrap_model(vae)
     vae.requires_grad_(True)
