@@ -394,7 +394,9 @@ class NeuralCausalModel(ModelMixin, ConfigMixin):
                 if self._schema[name].is_discrete:
                     value = mechanism.predict(noise, mechanism.logits(context))
                 else:
-                    value = self._denormalize(name, mechanism.predict(noise, context))
+                    # the flow is exactly invertible on the range, but extrapolates past it (a descendant of a
+                    # parent pushed to the edge of its own range); a factor's values stay in its range
+                    value = self._denormalize(name, mechanism.predict(noise, context).clamp(-1, 1))
             out[name] = value if spec is None else self._soft(name, spec, value)
         return {name: _broadcast(value, (n, num_samples), 0).contiguous() for name, value in out.items()}
 
