@@ -15,6 +15,7 @@ import time
 
 from cf_diffusion.data import get_dataset
 from cf_diffusion.evaluation.edits import EditSettings, evaluate_edits, format_report
+from cf_diffusion.guidance import factor_weights
 from cf_diffusion.models import load_pipeline
 
 
@@ -26,10 +27,14 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=128)
     parser.add_argument("--steps", type=int, nargs="+", default=[25])
     parser.add_argument(
-        "--guidance", nargs="+", default=["auto"], help="guidance scales; 'auto' guides by factor kind (the default)"
+        "--guidance",
+        nargs="+",
+        default=["auto"],
+        help="guidance scales; 'auto': the model's own weights, else by factor kind (the default)",
     )
     parser.add_argument("--strength", type=float, nargs="+", default=[1.0])
     parser.add_argument("--abduction", nargs="+", default=["ddim", "ddpm"])
+    parser.add_argument("--seed", type=int, default=12345, help="seed of the held-out rows and of the edits' noise")
     args = parser.parse_args()
     pipe = load_pipeline(args.model)
     dataset = get_dataset(args.dataset)
@@ -39,12 +44,13 @@ def main() -> None:
             for strength in args.strength:
                 for guidance in [None if g == "auto" else float(g) for g in args.guidance]:
                     settings = EditSettings(steps, guidance, strength, abduction)
+                    weights = factor_weights(pipe.schema, guidance, pipe.config.default_guidance_scale)
                     start = time.perf_counter()
-                    report = evaluate_edits(pipe, dataset, factors, num_rows=args.n, settings=settings)
+                    report = evaluate_edits(pipe, dataset, factors, args.n, settings, args.seed)
                     seconds = time.perf_counter() - start
                     print(
-                        f"\n{abduction}, {steps} steps, guidance {guidance or 'by factor kind'}, strength {strength} "
-                        f"(n={args.n}, {seconds:.0f} s)"
+                        f"\n{abduction}, {steps} steps, guidance {guidance or weights}, strength {strength} "
+                        f"(n={args.n}, seed {args.seed}, {seconds:.0f} s)"
                     )
                     print(format_report(report))
 

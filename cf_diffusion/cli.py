@@ -162,11 +162,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     def editing_options(p: argparse.ArgumentParser, steps: int = 50) -> None:
         p.add_argument("--model", default="default", help="'default', a shipped model name, or a pipeline folder")
-        p.add_argument("--steps", type=int, default=steps, help="DDIM steps")
+        p.add_argument("--steps", type=int, default=steps, help="sampling steps")
         p.add_argument(
             "--guidance",
             type=float,
-            help="guidance scale (default: edits guide discrete factors at 3 and continuous ones at 1; generate 3)",
+            help="guidance scale (default: edits use the model's own weights, else guide discrete factors at 3 and "
+            "continuous ones at 1; generate 3)",
         )
         p.add_argument("--seed", type=int, default=0)
 
@@ -181,7 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     edit.add_argument("--do", required=True, help="interventions, e.g. 'color=green' or 'size=large,color=red'")
     edit.add_argument("--factors", help="the image's factual factors (default: read off the image)")
     edit.add_argument("--strength", type=float, default=1.0, help="inversion depth in (0, 1]")
-    edit.add_argument("--abduction", choices=("ddim", "ddpm"), default="ddim")
+    edit.add_argument("--abduction", choices=("ddim", "ddpm"), help="default: the model's (saved with it)")
     edit.add_argument("--out", help="output PNG (with --image)")
     edit.add_argument("--input-dir", help="edit every image of a folder (split across accelerate processes)")
     edit.add_argument("--output-dir", help="where --input-dir results go")
@@ -244,8 +245,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--metrics", nargs="+", choices=METRICS, default=list(METRICS))
     evaluate.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
     evaluate.add_argument("--n", type=int, default=64)
-    evaluate.add_argument("--steps", type=int, nargs="+", default=[25], help="DDIM steps (full run: 10 25 50)")
-    evaluate.add_argument("--guidance", type=float, help="guidance scale (default: by factor kind, as in edit)")
+    evaluate.add_argument("--steps", type=int, nargs="+", default=[25], help="sampling steps (full run: 10 25 50)")
+    evaluate.add_argument("--guidance", type=float, help="guidance scale (default: as in edit)")
     evaluate.add_argument("--seed", type=int, default=0)
     evaluate.add_argument("--inception", help="a local Inception TorchScript file for FID/KID")
     evaluate.add_argument(

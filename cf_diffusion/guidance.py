@@ -6,7 +6,8 @@ model's commitment to the new level, which a small model otherwise only half mak
 the requested value, and w > 1 extrapolates past it (morpho: `do(thickness)` takes in 98% of edits at w = 1, 34% at
 w = 2). So by default discrete factors are guided at `DISCRETE_GUIDANCE` and continuous ones at
 `CONTINUOUS_GUIDANCE`; an image's weight is the largest weight among the factors its edit changes (a descendant
-counts: it changes too).
+counts: it changes too). A model can carry its own weights, measured for it and saved with it (the pipeline's
+`default_guidance_scale`): they replace the defaults by kind, and a call's `guidance_scale` replaces both.
 """
 
 from collections.abc import Mapping
@@ -26,13 +27,16 @@ def is_weight(w: object) -> bool:
     return not isinstance(w, bool) and isinstance(w, int | float) and w >= 0
 
 
-def factor_weights(schema: FactorSchema, guidance_scale: GuidanceScale) -> dict[str, float]:
-    """The guidance weight of each factor.
+def factor_weights(
+    schema: FactorSchema, guidance_scale: GuidanceScale, defaults: GuidanceScale = None
+) -> dict[str, float]:
+    """The guidance weight of each factor: by kind, replaced by the model's `defaults`, replaced by `guidance_scale`.
 
     Args:
         schema: The model's factors.
-        guidance_scale: None (the defaults by kind), one number for every factor, or `{factor: w}` (the other
+        guidance_scale: None (the model's defaults), one number for every factor, or `{factor: w}` (the other
             factors keep their default).
+        defaults: The model's own weights, in the same forms (None: the weights by kind).
 
     Returns:
         Factor name -> w >= 0.
@@ -41,36 +45,43 @@ def factor_weights(schema: FactorSchema, guidance_scale: GuidanceScale) -> dict[
         ValueError: On a negative or non-numeric weight, or an unknown factor name.
     """
     weights = {f.name: DISCRETE_GUIDANCE if f.is_discrete else CONTINUOUS_GUIDANCE for f in schema}
-    if guidance_scale is None:
-        return weights
-    if isinstance(guidance_scale, Mapping):
-        unknown = [name for name in guidance_scale if name not in weights]
-        if unknown:
-            raise ValueError(
-                f"guidance_scale names unknown factor(s) {unknown}; the model's factors are {schema.names}"
-            )
-        given = dict(guidance_scale)
-    else:
-        given = {name: guidance_scale for name in weights}
-    for name, w in given.items():
-        if not is_weight(w):
-            raise ValueError(f"guidance_scale must be a number >= 0 (or a dict of them), got {w!r} for {name!r}")
-    weights.update({name: float(w) for name, w in given.items()})
+    weights.update(_given_weights(schema, defaults, "default_guidance_scale"))
+    weights.update(_given_weights(schema, guidance_scale, "guidance_scale"))
     return weights
 
 
-def edit_guidance(schema: FactorSchema, guidance_scale: GuidanceScale, changed: torch.Tensor) -> torch.Tensor:
+def _given_weights(schema: FactorSchema, guidance_scale: GuidanceScale, what: str) -> dict[str, float]:
+    """The weights `guidance_scale` sets, checked (`what` names it in errors)."""
+    if guidance_scale is None:
+        return {}
+    if isinstance(guidance_scale, Mapping):
+        unknown = [name for name in guidance_scale if name not in schema.names]
+        if unknown:
+            raise ValueError(f"{what} names unknown factor(s) {unknown}; the model's factors are {schema.names}")
+        given = dict(guidance_scale)
+    else:
+        given = {name: guidance_scale for name in schema.names}
+    for name, w in given.items():
+        if not is_weight(w):
+            raise ValueError(f"{what} must be a number >= 0 (or a dict of them), got {w!r} for {name!r}")
+    return {name: float(w) for name, w in given.items()}
+
+
+def edit_guidance(
+    schema: FactorSchema, guidance_scale: GuidanceScale, changed: torch.Tensor, defaults: GuidanceScale = None
+) -> torch.Tensor:
     """Each edited image's guidance weight: the largest weight of the factors its edit changes (1 if none).
 
     Args:
         schema: The model's factors.
         guidance_scale: As for `factor_weights`.
         changed: bool Tensor[N, F], which factors of each image the edit changes.
+        defaults: The model's own weights, as for `factor_weights`.
 
     Returns:
         float32 Tensor[N] on `changed`'s device.
     """
-    weights = factor_weights(schema, guidance_scale)
+    weights = factor_weights(schema, guidance_scale, defaults)
     per_factor = torch.tensor([weights[name] for name in schema.names], device=changed.device)
     largest = torch.where(changed, per_factor, torch.full_like(per_factor, float("-inf"))).amax(dim=1)
     return torch.where(changed.any(dim=1), largest, torch.ones_like(largest))

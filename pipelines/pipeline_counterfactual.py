@@ -136,6 +136,10 @@ class CounterfactualDiffusionPipeline(DiffusionPipeline):
             prompt's tokens go before the factor tokens in `encoder_hidden_states`, or are all of it when the
             factor_encoder has `cross_attention_tokens=False` (then a text encoder is required).
         tokenizer: The text encoder's tokenizer.
+        default_abduction: The abduction a call uses when it names none (`"ddim"` or `"ddpm"`), measured for the model
+            and saved with it in `model_index.json`.
+        default_guidance_scale: The model's own guidance weights (a number, or `{factor: w}`), used where a call
+            gives none; None guides by factor kind (`cf_diffusion.guidance`). Saved in `model_index.json`.
     """
 
     model_cpu_offload_seq = "factor_predictor->text_encoder->factor_encoder->unet->vae"
@@ -154,8 +158,13 @@ class CounterfactualDiffusionPipeline(DiffusionPipeline):
         inverse_scheduler: DDIMInverseScheduler | None = None,
         text_encoder: Any | None = None,
         tokenizer: Any | None = None,
+        default_abduction: str = DEFAULT_ABDUCTION,
+        default_guidance_scale: GuidanceScale = None,
     ):
         super().__init__()
+        if default_abduction not in _ABDUCTIONS:
+            raise ValueError(f"default_abduction must be one of {list(_ABDUCTIONS)}, got {default_abduction!r}")
+        factor_weights(factor_encoder.schema, None, default_guidance_scale)
         if not isinstance(scheduler, DDIMScheduler):
             raise ValueError(
                 f"scheduler must be a DDIMScheduler (inversion and DDPM noise maps replay its step), "
@@ -183,6 +192,7 @@ class CounterfactualDiffusionPipeline(DiffusionPipeline):
             text_encoder=text_encoder,
             tokenizer=tokenizer,
         )
+        self.register_to_config(default_abduction=default_abduction, default_guidance_scale=default_guidance_scale)
         self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1) if vae is not None else 1
         self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor, do_resize=False)
         self._call_dtypes: dict[str, torch.dtype | None] | None = None
@@ -256,7 +266,7 @@ class CounterfactualDiffusionPipeline(DiffusionPipeline):
         num_counterfactuals: int = 1,
         guidance_scale: GuidanceScale = None,
         guidance_reference: str = "factual",
-        abduction: str = DEFAULT_ABDUCTION,
+        abduction: str | None = None,
         generator: Generator = None,
         output_type: str = "pil",
         prompt: str | list[str] | None = None,
@@ -277,7 +287,7 @@ class CounterfactualDiffusionPipeline(DiffusionPipeline):
             num_counterfactuals: K, counterfactual samples per image.
             guidance_scale: As in `__call__` (None, a number or `{factor: w}`).
             guidance_reference: `"factual"` or `"null"`.
-            abduction: `"ddim"` or `"ddpm"`.
+            abduction: `"ddim"`, `"ddpm"` or None (the model's `default_abduction`).
             generator: A generator or a list of B generators.
             output_type: `"pil"`, `"np"`, `"pt"` or `"latent"`.
             prompt: A prompt, a list of B prompts, or None.
@@ -333,7 +343,7 @@ class CounterfactualDiffusionPipeline(DiffusionPipeline):
             raise ValueError(
                 f"guidance_reference must be one of {list(_GUIDANCE_REFERENCES)}, got {guidance_reference!r}"
             )
-        if abduction not in _ABDUCTIONS:
+        if abduction is not None and abduction not in _ABDUCTIONS:
             raise ValueError(f"abduction must be one of {list(_ABDUCTIONS)}, got {abduction!r}")
         if isinstance(generator, list) and len(generator) != batch_size:
             raise ValueError(
@@ -468,7 +478,7 @@ class CounterfactualDiffusionPipeline(DiffusionPipeline):
             return (
                 DEFAULT_NUM_INFERENCE_STEPS if num_inference_steps is None else num_inference_steps,
                 DEFAULT_STRENGTH if strength is None else strength,
-                DEFAULT_ABDUCTION if abduction is None else abduction,
+                self.config.default_abduction if abduction is None else abduction,
                 DEFAULT_TILE_OVERLAP if tile_overlap is None else tile_overlap,
             )
         if not isinstance(inversion, InversionOutput):
@@ -783,7 +793,7 @@ class CounterfactualDiffusionPipeline(DiffusionPipeline):
         factors: Any = None,
         num_inference_steps: int = DEFAULT_NUM_INFERENCE_STEPS,
         strength: float = DEFAULT_STRENGTH,
-        abduction: Literal["ddim", "ddpm"] = DEFAULT_ABDUCTION,
+        abduction: Literal["ddim", "ddpm"] | None = None,
         generator: Generator = None,
         prompt: str | list[str] | None = None,
         working_size: int | None = None,
@@ -799,7 +809,8 @@ class CounterfactualDiffusionPipeline(DiffusionPipeline):
                 columns; None reads them off the images with the `factor_predictor`.
             num_inference_steps: Steps of the full schedule.
             strength: Fraction in (0, 1] of the schedule to invert (1 = up to pure noise).
-            abduction: `"ddim"` (deterministic inversion) or `"ddpm"` (exact edit-friendly noise maps).
+            abduction: `"ddim"` (deterministic inversion), `"ddpm"` (exact edit-friendly noise maps) or None (the
+                model's `default_abduction`).
             generator: Noise of the DDPM abduction: a generator or a list of B.
             prompt: Prompt(s) for a pipeline with a text encoder.
             working_size: Shorter side, in pixels, at which to invert (the image is resized to it); None inverts at
@@ -824,6 +835,7 @@ class CounterfactualDiffusionPipeline(DiffusionPipeline):
             working_size=working_size,
         )
         device = self._execution_device
+        abduction = self.config.default_abduction if abduction is None else abduction
         factual = self._factual_factors(factors, pixels, device)
         x0 = self.encode_images(self._working_pixels(pixels, working_size), device)
         return self._invert_samples(
@@ -912,15 +924,15 @@ class CounterfactualDiffusionPipeline(DiffusionPipeline):
                 columns. None reads them off the images with the `factor_predictor`. Not used with `inversion`.
             num_inference_steps: Steps of the full schedule (default 50, or the inversion's).
             guidance_scale: w in `eps = eps_ref + w (eps_cf - eps_ref)`; 1 disables guidance, larger values push
-                harder along the edit. One number for every factor, `{factor: w}`, or None: w = 3 for discrete factors
-                and 1 for continuous ones (`cf_diffusion.guidance`: guidance sharpens a change of level but
-                overshoots a continuous value); each image is guided by the largest w among the factors its edit
-                changes.
+                harder along the edit. One number for every factor, `{factor: w}` (the others keep the model's), or
+                None: the model's `default_guidance_scale`, else w = 3 for discrete factors and 1 for continuous ones
+                (`cf_diffusion.guidance`: guidance sharpens a change of level but overshoots a continuous value);
+                each image is guided by the largest w among the factors its edit changes.
             guidance_reference: The reference branch: `"factual"` (the factual factors; the null edit stays an
                 exact replay for any w) or `"null"` (the counterfactual factors with the changed ones unknown).
             strength: Fraction in (0, 1] of the schedule to invert and regenerate (default 1, or the inversion's):
                 smaller keeps more of the image, larger lets the edit change more.
-            abduction: `"ddim"` (default, or the inversion's) or `"ddpm"`.
+            abduction: `"ddim"` or `"ddpm"` (default: the inversion's, or the model's `default_abduction`).
             num_counterfactuals: K counterfactual factor samples per image (they differ where the causal model
                 is not deterministic); the output has B * K images, image-major.
             mask: Optional Tensor[B or 1, 1, H, W] in [0, 1] at image or latent size: 1 where the image may change,
@@ -1020,7 +1032,7 @@ class CounterfactualDiffusionPipeline(DiffusionPipeline):
             prompt_embeds = prompt_embeds.repeat_interleave(num_counterfactuals, dim=0)
         kwargs = self._unet_kwargs(counterfactual, None, prompt_embeds)
         changed = counterfactual != factual
-        weights = edit_guidance(self.schema, guidance_scale, changed)
+        weights = edit_guidance(self.schema, guidance_scale, changed, self.config.default_guidance_scale)
         self._guidance_scale = weights.to(device=trajectory.device, dtype=trajectory.dtype).view(-1, 1, 1, 1)
         guided = bool((changed.any(dim=1) & (weights != 1)).any())
         if guided:

@@ -48,3 +48,14 @@ def test_each_edit_takes_the_largest_weight_of_what_it_changes():
 def test_bad_weights_are_named(guidance_scale, match):
     with pytest.raises(ValueError, match=match):
         factor_weights(tiny_schema(), guidance_scale)
+
+
+def test_model_defaults_replace_the_kind_defaults_and_a_call_replaces_both():
+    schema = tiny_schema()
+    weights = factor_weights(schema, None, {"color": 1.5})
+    assert weights["color"] == 1.5 and weights["size"] == DISCRETE_GUIDANCE and weights["thickness"] == 1.0
+    assert set(factor_weights(schema, None, 2.0).values()) == {2.0}
+    weights = factor_weights(schema, {"size": 4.0}, {"color": 1.5, "size": 2.0})
+    assert weights["size"] == 4.0 and weights["color"] == 1.5
+    with pytest.raises(ValueError, match="default_guidance_scale names unknown factor"):
+        factor_weights(schema, None, {"shape": 2.0})

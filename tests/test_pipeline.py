@@ -148,6 +148,42 @@ def test_default_guidance_is_chosen_per_image_by_the_kind_of_factor_it_changes()
     torch.testing.assert_close(edit(slice(1, 2), {"thickness": 3.0}).images, edit(slice(1, 2), 3.0).images)
 
 
+def test_model_editing_defaults_are_saved_and_used(tmp_path):
+    import json
+
+    from diffusers import DiffusionPipeline
+
+    pipe = tiny_pipeline(fitted_scm=True)
+    tuned = type(pipe)(**pipe.components, default_abduction="ddpm", default_guidance_scale={"color": 1.5})
+    tuned.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "model_index.json").read_text())
+    assert saved["default_abduction"] == "ddpm" and saved["default_guidance_scale"] == {"color": 1.5}
+    loaded = DiffusionPipeline.from_pretrained(tmp_path)
+    loaded.set_progress_bar_config(disable=True)
+    assert loaded.config.default_abduction == "ddpm" and loaded.config.default_guidance_scale == {"color": 1.5}
+    inputs = {
+        "image": tiny_images(1, 8),
+        "factors": FACTORS[:1],
+        "interventions": {"color": "blue"},
+        "num_inference_steps": 3,
+        "output_type": "pt",
+    }
+
+    def edit(model, **kwargs):
+        return model(**inputs, generator=torch.Generator().manual_seed(0), **kwargs)
+
+    by_default = edit(loaded)
+    assert by_default.inversion.abduction == "ddpm"
+    torch.testing.assert_close(by_default.images, edit(pipe, abduction="ddpm", guidance_scale=1.5).images)
+    assert (by_default.images - edit(pipe, abduction="ddpm").images).abs().max() > 1e-3
+    torch.testing.assert_close(edit(loaded, abduction="ddim", guidance_scale=3.0).images, edit(pipe).images)
+    assert loaded.invert(inputs["image"], FACTORS[:1], num_inference_steps=3).abduction == "ddpm"
+    with pytest.raises(ValueError, match="default_abduction must be one of"):
+        type(pipe)(**pipe.components, default_abduction="euler")
+    with pytest.raises(ValueError, match="default_guidance_scale names unknown factor"):
+        type(pipe)(**pipe.components, default_guidance_scale={"hue": 2.0})
+
+
 def test_edit_changes_the_image_and_zero_mask_keeps_it():
     pipe = tiny_pipeline()
     images = tiny_images(1, 8)

@@ -101,7 +101,7 @@ def assert_same_state(a, b, where: str = "state") -> None:
 
 
 def test_tiny_recipe_trains_a_pipeline_that_loads_and_edits(tmp_path):
-    config = tiny_recipe(tmp_path / "run")
+    config = tiny_recipe(tmp_path / "run", editing={"abduction": "ddpm", "guidance_scale": {"color": 2.0}})
     path = train(config)
     run = tmp_path / "run"
     assert path == run / "pipeline" and (path / "model_index.json").is_file()
@@ -113,6 +113,7 @@ def test_tiny_recipe_trains_a_pipeline_that_loads_and_edits(tmp_path):
     pipe.set_progress_bar_config(disable=True)
     assert pipe.vae is not None and pipe.unet.config.sample_size == 8 and pipe.image_size == 16
     assert pipe.schema.names == get_dataset("colored-bars").schema.names
+    assert pipe.config.default_abduction == "ddpm" and pipe.config.default_guidance_scale == {"color": 2.0}
     image, factors = colored_bars_image()
     other = "green" if factors["color"] == "red" else "red"
     out = pipe(
@@ -278,6 +279,9 @@ def test_checkpoints_are_written_atomically(tmp_path, monkeypatch):
         ({"data": {"dataset": "colored-bars"}, "vae": None, "unet": {"pretrained": "sd15"}}, None, "'vae' cannot"),
         ({"data": {"dataset": "morpho", "interventional_fraction": 1.0}}, None, "in \\[0, 1\\), got 1.0"),
         ({"data": {"path": "images/", "interventional_fraction": 0.5}}, None, "needs a procedural dataset"),
+        ({"data": {"dataset": "morpho"}, "editing": {"abduction": "euler"}}, None, "'editing.abduction'.*'euler'"),
+        ({"data": {"dataset": "morpho"}, "editing": {"guidance_scale": {"digit": -1}}}, None, "'editing.guidance"),
+        ({"data": {"dataset": "morpho"}, "editing": {"guidance_scale": "high"}}, None, "'editing.guidance_scale'"),
     ],
 )
 def test_recipe_errors_name_the_key(recipe, overrides, match):

@@ -80,4 +80,6 @@ def assemble_pipeline(config: dict, checkpoint: str | Path | None = None) -> Cou
         factor_predictor=FactorPredictor.from_pretrained(stages / "predictor" / "factor_predictor"),
         text_encoder=text_encoder,
         tokenizer=tokenizer,
+        default_abduction=config["editing"]["abduction"],
+        default_guidance_scale=config["editing"]["guidance_scale"],
     )

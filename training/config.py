@@ -8,6 +8,8 @@ from pathlib import Path
 
 import yaml
 
+from cf_diffusion.guidance import is_weight
+
 DEFAULTS: dict = {
     "output_dir": "runs/model",
     "seed": 0,
@@ -69,6 +71,12 @@ DEFAULTS: dict = {
         "ema_decay": 0.999,
     },
     "predictor": {"block_out_channels": [32, 64, 128], "num_steps": 1500, "batch_size": 128, "lr": 1e-3},
+    # how the assembled pipeline edits when a call does not say (saved in its model_index.json): settings measured
+    # for the model, e.g. with benchmarks/bench_edits.py
+    "editing": {
+        "abduction": "ddim",  # or "ddpm"
+        "guidance_scale": None,  # None (by factor kind), a number, or {factor: w} (cf_diffusion.guidance)
+    },
 }
 
 _OPTIONAL_SECTIONS = ("vae",)
@@ -115,6 +123,7 @@ def load_config(source: str | Path | dict, overrides: dict | None = None) -> dic
             "Config 'data.interventional_fraction' needs a procedural dataset ('data.dataset'): a folder of "
             "images cannot be re-rendered under interventions."
         )
+    _check_editing(config["editing"])
     pretrained = config["unet"]["pretrained"]
     if pretrained is not None:
         if config["vae"] is None:
@@ -125,3 +134,17 @@ def load_config(source: str | Path | dict, overrides: dict | None = None) -> dic
         if config["vae"]["pretrained"] is None:
             config["vae"]["pretrained"] = str(Path(pretrained) / "vae")
     return config
+
+
+def _check_editing(editing: dict) -> None:
+    """The `editing` section's values (its factor names are checked when the pipeline is assembled)."""
+    if editing["abduction"] not in ("ddim", "ddpm"):
+        raise ValueError(f"Config 'editing.abduction' must be 'ddim' or 'ddpm', got {editing['abduction']!r}.")
+    scale = editing["guidance_scale"]
+    weights = scale.values() if isinstance(scale, dict) else [] if scale is None else [scale]
+    for w in weights:
+        if not is_weight(w):
+            raise ValueError(
+                f"Config 'editing.guidance_scale' must be null, a number >= 0 or a mapping of factor names to such "
+                f"numbers, got {scale!r}."
+            )

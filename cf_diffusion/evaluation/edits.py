@@ -35,13 +35,14 @@ from cf_diffusion.guidance import GuidanceScale
 
 @dataclass
 class EditSettings:
-    """How the pipeline edits: DDIM/DDPM abduction, steps, guidance along the edit (None: by factor kind, see
-    `cf_diffusion.guidance`), inversion depth."""
+    """How the pipeline edits: steps, guidance along the edit, inversion depth, DDIM/DDPM abduction; None for
+    guidance or abduction: the model's defaults (`default_guidance_scale`, else by factor kind, see
+    `cf_diffusion.guidance`; `default_abduction`)."""
 
     num_inference_steps: int = 25
     guidance_scale: GuidanceScale = None
     strength: float = 1.0
-    abduction: str = "ddim"
+    abduction: str | None = None
 
 
 def read_edits(pipe, dataset: ProceduralDataset, images: np.ndarray) -> dict[str, np.ndarray]:

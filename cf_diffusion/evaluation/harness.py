@@ -56,7 +56,7 @@ from cf_diffusion.evaluation.realism import features, fid, kid, load_inception
 from cf_diffusion.evaluation.soundness import composition, reversibility
 from cf_diffusion.factors import Factor, FactorSchema
 from cf_diffusion.graph import CausalGraph
-from cf_diffusion.guidance import GuidanceScale
+from cf_diffusion.guidance import GuidanceScale, factor_weights
 from cf_diffusion.scm.bounds import counterfactual_bounds
 
 METRICS = ("effectiveness", "composition", "reversibility", "ground_truth", "consistency", "realism", "minimality")
@@ -630,8 +630,9 @@ def evaluate(
         seed: Seed of the rows, the counterfactual draws and every method's noise.
         factors: The factors to intervene on, one at a time (default: every factor of the model).
         baseline_steps: Sampling steps of the baselines (default: the largest entry of `steps`).
-        guidance_scale: Guidance along the edit for every method (None: per factor kind, `cf_diffusion.guidance`;
-            for `regenerate`, classifier-free guidance, None: the pipeline's default).
+        guidance_scale: Guidance along the edit for every method (None: the model's `default_guidance_scale`,
+            else per factor kind, `cf_diffusion.guidance`; for `regenerate`, classifier-free guidance, None: the
+            pipeline's default). The report gives the weights in use per factor.
         guidance_reference: `"factual"` or `"null"`, as in the pipeline's `__call__`.
         sdedit_strength: Fraction of the schedule that SDEdit re-noises, in (0, 1].
         cycles: Null-edit repetitions reported by `composition`.
@@ -702,7 +703,7 @@ def evaluate(
             "baseline_steps": baseline_steps or max(steps),
             "methods": [m.name for m in method_list],
             "seed": seed,
-            "guidance_scale": guidance_scale,
+            "guidance_scale": factor_weights(pipe.schema, guidance_scale, pipe.config.default_guidance_scale),
             "guidance_reference": guidance_reference,
             "sdedit_strength": sdedit_strength,
             "cycles": sorted(set(cycles)),
@@ -1022,7 +1023,7 @@ def format_results(results: Mapping[str, Any]) -> str:
         "",
         f"Model `{settings['model']}`, data `{settings['data']}` ({results['data']['rows']} rows, ground truth: "
         f"{'yes' if results['data']['ground_truth'] else 'no'}), guidance "
-        f"{settings['guidance_scale'] or 'by factor kind'} ({settings['guidance_reference']} reference), SDEdit "
+        f"{settings['guidance_scale']} ({settings['guidance_reference']} reference), SDEdit "
         f"strength {settings['sdedit_strength']}, seed "
         f"{settings['seed']}.",
         "",
