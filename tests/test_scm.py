@@ -102,7 +102,6 @@ def test_non_descendants_are_copied_exactly(linear):
     assert torch.all(cf["y"] == 0.5)
 
 
-
 def test_counterfactual_values_stay_in_the_factor_range(linear):
     model, x, y = linear
     low, high = model.schema["y"].low, model.schema["y"].high
@@ -112,6 +111,7 @@ def test_counterfactual_values_stay_in_the_factor_range(linear):
     cf = model.counterfactual(factual, {"x": x.max().item()}, generator=_seed(8))["y"]
     assert cf.min() >= low and cf.max() <= high and (cf == high).any()
     model.schema.to_values({"x": factual["x"], "y": cf[:, 0]})  # counterfactual values are valid factual ones
+
 
 # ---------------------------------------------------------------- chain a -> b -> c (binary, continuous, binary)
 
