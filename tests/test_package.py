@@ -42,3 +42,16 @@ def test_shipped_model_folder_has_every_component(tmp_path):
     assert not list(folder.rglob("*.bin")) and not list(folder.rglob("*.pt")), "weights must be safetensors"
     copy = shutil.copytree(folder, tmp_path / "copy")
     assert load_pipeline(copy).schema.names == ["digit", "size", "color", "bar"]
+
+
+def test_shipped_models_carry_their_recipes_editing_settings():
+    from pathlib import Path
+
+    from cf_diffusion.training.config import load_config
+
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    for name, recipe in (("colored-bars", "colored_bars.yaml"), ("morpho", "morpho.yaml")):
+        editing = load_config(configs / recipe)["editing"]
+        config = load_pipeline(name).config
+        assert config.default_abduction == editing["abduction"], name
+        assert config.default_guidance_scale == editing["guidance_scale"], name
