@@ -51,6 +51,26 @@ def generators(count: int, seed: int = 0) -> list[torch.Generator]:
     return [torch.Generator().manual_seed(seed + i) for i in range(count)]
 
 
+def test_realism_compares_the_edits_with_real_rows_that_were_not_edited(pipe, tmp_path, monkeypatch):
+    import cf_diffusion.evaluation.harness as harness
+
+    sizes, real_fid = [], harness.fid
+    monkeypatch.setattr(harness, "fid", lambda a, b: sizes.append((len(a), len(b))) or real_fid(a, b))
+    results = evaluate(
+        pipe,
+        "colored-bars",
+        tmp_path,
+        ["realism"],
+        n=4,
+        steps=(2,),
+        methods=["ours-ddim"],
+        table_rows=1000,
+        show_progress=False,
+    )
+    assert sizes == [(16, 256)]  # 4 rows x 4 interventions, against the 256 reference rows (not the 4 edited)
+    assert "realism against 256 real rows that were not edited (the reference rows)" in results["notes"]
+
+
 def test_end_to_end_writes_every_metric_for_every_method(full_run):
     out, results = full_run
     assert {p.name for p in out.iterdir()} == {"results.json", "results.md", "results.png"}

@@ -19,8 +19,10 @@ Metrics (each can be chosen with `metrics`):
   evidence, against the sharp bounds of `counterfactual_bounds` (the model's graph, the training-distribution
   table) and, on procedural data, the true value from the dataset's own structural equations. An estimate is
   inside when `low - 2 se <= p <= high + 2 se`.
-- `realism`: FID and KID between each method's edited images and the real factual images, on features of the
-  Inception network when a local TorchScript file is given, else of the pipeline's factor-predictor trunk.
+- `realism`: FID and KID between each method's edited images and real images of the same distribution that were
+  not edited (the reference rows, as for `minimality`; an edit resembles its own factual image, and comparing the
+  two sets with that pairing biases both figures down, KID below zero), on features of the Inception network when
+  a local TorchScript file is given, else of the pipeline's factor-predictor trunk.
 - `minimality`: CLD on the posteriors of the pipeline's VAE (an unconditional autoencoder trained on the data),
   with the intervened factor as the class; skipped for pixel-space pipelines.
 
@@ -773,7 +775,7 @@ def evaluate(
             progress.update()
     progress.close()
     if "realism" in wanted:
-        results["realism_network"] = _realism(pipe, results, run.images, edited_by_method, inception, batch_size)
+        results["realism_network"] = _realism(pipe, results, loaded, edited_by_method, inception, batch_size)
     if "consistency" in wanted and has_reader:
         results["consistency"] = _consistency(pipe, loaded, edited_factors, method_list, reads, notes)
     write_results(results, examples, out_dir)
@@ -885,12 +887,13 @@ def _minimality(
 def _realism(
     pipe,
     results: dict[str, Any],
-    real: torch.Tensor,
+    loaded: EvaluationData,
     edited_by_method: Mapping[str, list[np.ndarray]],
     inception: str | os.PathLike | None,
     batch_size: int,
 ) -> str | None:
-    """FID and KID of each method's edited images (all interventions pooled) against the real factual images.
+    """FID and KID of each method's edited images (all interventions pooled) against the reference rows: real
+    images that were not edited (the factual images themselves, with a note, when there are none).
 
     Returns:
         The feature network's description, or None (with a note) when there is none.
@@ -907,7 +910,13 @@ def _realism(
     else:
         results["notes"].append("realism skipped: no Inception path was given and the pipeline has no predictor")
         return None
-    reference = features(real, network, batch_size)
+    if loaded.reference_images is None:
+        real = loaded.images
+        results["notes"].append("realism against the edited rows' own factual images (no other rows): biased down")
+    else:
+        real = loaded.reference_images
+        results["notes"].append(f"realism against {len(real)} real rows that were not edited (the reference rows)")
+    reference = features(_to_tensor(real), network, batch_size)
     for name, parts in edited_by_method.items():
         edited = features(_to_tensor(np.concatenate(parts)), network, batch_size)
         results["methods"][name]["realism"] = {"fid": fid(edited, reference), **kid(edited, reference)}
