@@ -233,6 +233,13 @@ def test_train_resumes_a_killed_stage_through_the_command_path(tmp_path, monkeyp
     ]
 
 
+def test_editing_weights_for_unknown_factors_fail_before_training(tmp_path):
+    config = tiny_recipe(tmp_path / "run", editing={"guidance_scale": {"hue": 2.0}})
+    with pytest.raises(ValueError, match="'editing.guidance_scale'.*unknown factor.*'hue'"):
+        train(config)
+    assert not (tmp_path / "run" / "stages").exists()
+
+
 # ---------------------------------------------------------------------------------------------- checkpoints
 
 

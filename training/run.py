@@ -14,6 +14,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 
+from cf_diffusion.guidance import factor_weights
 from cf_diffusion.training.config import load_config
 from cf_diffusion.training.data import load_training_data
 
@@ -64,6 +65,10 @@ def train(
         accelerator.init_trackers("cf-diffusion")
     set_seed(config["seed"])
     data = load_training_data(config)
+    try:  # before hours of training, not at assembly
+        factor_weights(data.schema, None, config["editing"]["guidance_scale"])
+    except ValueError as error:
+        raise ValueError(f"Config 'editing.guidance_scale': {error}") from None
     for name in stages:
         if _skipped(config, name) or _finished(output_dir, name):
             continue
