@@ -51,21 +51,32 @@ def factor_weights(
     return weights
 
 
+def check_weights(guidance_scale: GuidanceScale, what: str = "guidance_scale") -> None:
+    """Checks the form of `guidance_scale` without a schema: None, a number >= 0, or a mapping to such numbers.
+
+    Raises:
+        ValueError: Naming `what`, the bad weight and, in a mapping, its factor.
+    """
+    if guidance_scale is None:
+        return
+    given = guidance_scale.items() if isinstance(guidance_scale, Mapping) else [(None, guidance_scale)]
+    for name, w in given:
+        if not is_weight(w):
+            where = "" if name is None else f" for {name!r}"
+            raise ValueError(f"{what} must be a number >= 0 (or a dict of them), got {w!r}{where}")
+
+
 def _given_weights(schema: FactorSchema, guidance_scale: GuidanceScale, what: str) -> dict[str, float]:
     """The weights `guidance_scale` sets, checked (`what` names it in errors)."""
+    check_weights(guidance_scale, what)
     if guidance_scale is None:
         return {}
-    if isinstance(guidance_scale, Mapping):
-        unknown = [name for name in guidance_scale if name not in schema.names]
-        if unknown:
-            raise ValueError(f"{what} names unknown factor(s) {unknown}; the model's factors are {schema.names}")
-        given = dict(guidance_scale)
-    else:
-        given = {name: guidance_scale for name in schema.names}
-    for name, w in given.items():
-        if not is_weight(w):
-            raise ValueError(f"{what} must be a number >= 0 (or a dict of them), got {w!r} for {name!r}")
-    return {name: float(w) for name, w in given.items()}
+    if not isinstance(guidance_scale, Mapping):
+        return {name: float(guidance_scale) for name in schema.names}
+    unknown = [name for name in guidance_scale if name not in schema.names]
+    if unknown:
+        raise ValueError(f"{what} names unknown factor(s) {unknown}; the model's factors are {schema.names}")
+    return {name: float(w) for name, w in guidance_scale.items()}
 
 
 def edit_guidance(

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from cf_diffusion.guidance import is_weight
+from cf_diffusion.guidance import check_weights
 
 DEFAULTS: dict = {
     "output_dir": "runs/model",
@@ -137,14 +137,7 @@ def load_config(source: str | Path | dict, overrides: dict | None = None) -> dic
 
 
 def _check_editing(editing: dict) -> None:
-    """The `editing` section's values (its factor names are checked when the pipeline is assembled)."""
+    """The `editing` section's values (its factor names are checked when training starts, with the data's schema)."""
     if editing["abduction"] not in ("ddim", "ddpm"):
         raise ValueError(f"Config 'editing.abduction' must be 'ddim' or 'ddpm', got {editing['abduction']!r}.")
-    scale = editing["guidance_scale"]
-    weights = scale.values() if isinstance(scale, dict) else [] if scale is None else [scale]
-    for w in weights:
-        if not is_weight(w):
-            raise ValueError(
-                f"Config 'editing.guidance_scale' must be null, a number >= 0 or a mapping of factor names to such "
-                f"numbers, got {scale!r}."
-            )
+    check_weights(editing["guidance_scale"], "Config 'editing.guidance_scale'")
