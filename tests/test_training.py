@@ -31,6 +31,7 @@ from cf_diffusion.training.config import load_config
 from cf_diffusion.training.data import load_training_data
 from cf_diffusion.training.diffusion import ConditionedUNet, build_factor_encoder, build_unet, train_diffusion
 from cf_diffusion.training.finetune import add_factor_conditioning, encode_prompts, load_text_components
+from cf_diffusion.training.predictor import train_predictor
 from cf_diffusion.training.run import STAGES, train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -238,6 +239,51 @@ def test_editing_weights_for_unknown_factors_fail_before_training(tmp_path):
     with pytest.raises(ValueError, match="'editing.guidance_scale'.*unknown factor.*'hue'"):
         train(config)
     assert not (tmp_path / "run" / "stages").exists()
+
+
+def test_finished_stages_refuse_a_changed_recipe_and_name_its_keys(tmp_path):
+    run = tmp_path / "run"
+    config = tiny_recipe(run, latent=False)
+    train(config, stages=("scm", "predictor"))
+    done = {stage: (run / "stages" / stage / "DONE").stat().st_mtime_ns for stage in ("scm", "predictor")}
+    changed = load_config(config, {"data": {"num_images": 150}, "predictor": {"lr": 0.01}})
+    with pytest.raises(ValueError, match=r"scm \(data.num_images\); predictor \(data.num_images, predictor.lr\)"):
+        train(changed, stages=("unet",))
+    assert not (run / "stages" / "unet").exists()
+    # Keys no stage's model depends on may change; finished stages are reused.
+    assert train(load_config(config, {"training": {"validation_steps": 5}}), stages=("scm", "predictor")) is None
+    # Stages finished before fingerprints existed are reused as they are.
+    for stage in done:
+        (run / "stages" / stage / "recipe.json").unlink()
+    assert train(changed, stages=("scm", "predictor")) is None
+    assert done == {stage: (run / "stages" / stage / "DONE").stat().st_mtime_ns for stage in done}
+
+
+def test_a_fresh_run_over_an_interrupted_one_is_refused_and_keeps_its_checkpoints(tmp_path):
+    run = tmp_path / "run"
+    config = tiny_recipe(run, latent=False, predictor={"num_steps": 4})
+    data = load_training_data(config)
+    train_predictor(config, data, Accelerator(), None)  # an earlier run, never marked DONE
+    checkpoints = run / "checkpoints" / "predictor"
+    before = [p.name for p in list_checkpoints(checkpoints)]
+    fresh = load_config(config, {"predictor": {"num_steps": 2}})
+    with pytest.raises(ValueError, match="holds checkpoints of an earlier run \\(up to checkpoint-4\\).*latest"):
+        train(fresh, stages=("predictor",))
+    with pytest.raises(ValueError, match="holds checkpoints of an earlier run"):
+        train_predictor(fresh, data, Accelerator(), None)
+    assert [p.name for p in list_checkpoints(checkpoints)] == before == ["checkpoint-2", "checkpoint-4"]
+    assert train(config, resume_from_checkpoint="latest", stages=("predictor",)) is None
+    assert (run / "stages" / "predictor" / "DONE").is_file()
+
+
+def test_a_stage_removes_the_temporary_folders_of_unfinished_checkpoint_writes(tmp_path):
+    config = tiny_recipe(tmp_path / "run", latent=False)
+    checkpoints = tmp_path / "run" / "checkpoints" / "predictor"
+    orphan = checkpoints / ".tmp-checkpoint-6-4242"
+    orphan.mkdir(parents=True)
+    (orphan / "state.json").write_text("{half a fi")
+    train_predictor(config, load_training_data(config), Accelerator(), None)
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["checkpoint-2"]
 
 
 # ---------------------------------------------------------------------------------------------- checkpoints

@@ -78,6 +78,33 @@ def save_checkpoint(output_dir: str | Path, step: int, state: dict, keep: int = 
     return final
 
 
+def remove_partial_checkpoints(output_dir: str | Path) -> list[Path]:
+    """Deletes the temporary folders of checkpoint writes that never finished (a run killed mid-write) and returns
+    them. Only the main process writes checkpoints, so any such folder left when a stage starts is an orphan."""
+    output_dir = Path(output_dir)
+    if not output_dir.is_dir():
+        return []
+    orphans = sorted(p for p in output_dir.iterdir() if p.name.startswith(".tmp-checkpoint-"))
+    for orphan in orphans:
+        shutil.rmtree(orphan, ignore_errors=True)
+    return orphans
+
+
+def check_fresh_start(output_dir: str | Path, resume: str | None) -> None:
+    """Refuses a fresh run (`resume` None) over the checkpoints of an earlier run: its higher step numbers would
+    make rotation delete the new checkpoints, and "latest" would later resume the old run.
+
+    Raises:
+        ValueError: When `resume` is None and `output_dir` holds checkpoints.
+    """
+    found = list_checkpoints(output_dir) if resume is None else []
+    if found:
+        raise ValueError(
+            f"{str(output_dir)!r} holds checkpoints of an earlier run (up to {found[-1].name}): pass "
+            "--resume_from_checkpoint latest to continue it, or delete that folder to start afresh."
+        )
+
+
 def list_checkpoints(output_dir: str | Path) -> list[Path]:
     """Complete checkpoints in `output_dir`, oldest first."""
     output_dir = Path(output_dir)

@@ -8,7 +8,13 @@ import torch
 from accelerate import Accelerator
 from tqdm.auto import tqdm
 
-from cf_diffusion.training.checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
+from cf_diffusion.training.checkpoint import (
+    check_fresh_start,
+    load_checkpoint,
+    remove_partial_checkpoints,
+    resolve_checkpoint,
+    save_checkpoint,
+)
 
 
 @dataclass
@@ -73,7 +79,8 @@ def run_stage(
         num_steps: the total number of optimizer steps of the stage.
         config: the run's recipe: checkpoints go to `output_dir/checkpoints/{stage.name}` every
             `training.checkpointing_steps` steps (and at the end), the last `training.checkpoints_total_limit` kept.
-        resume_from_checkpoint: "latest", a checkpoint folder, or None.
+        resume_from_checkpoint: "latest", a checkpoint folder, or None (a fresh run: refused over an earlier run's
+            checkpoints, see `check_fresh_start`). Temporary folders of unfinished checkpoint writes are removed.
         validate: called with the step on the main process every `training.validation_steps` steps (0: never).
 
     Returns:
@@ -82,6 +89,9 @@ def run_stage(
     training = config["training"]
     checkpointing_steps, validation_steps = training["checkpointing_steps"], training["validation_steps"]
     checkpoint_dir = Path(config["output_dir"]) / "checkpoints" / stage.name
+    check_fresh_start(checkpoint_dir, resume_from_checkpoint)
+    if accelerator.is_main_process:
+        remove_partial_checkpoints(checkpoint_dir)
     start = 0
     path = resolve_checkpoint(checkpoint_dir, resume_from_checkpoint)
     if path is not None:

@@ -4,9 +4,18 @@ Stages, in order: `scm` (NeuralCausalModel.fit on the factor table), `vae` (skip
 i.e. pixel space), `decoder` (the VAE's decoder refined with its encoder frozen; only with `vae.decoder_num_steps`),
 `unet` (UNet2DConditionModel + FactorEncoder), `predictor` (FactorPredictor). A finished stage is
 saved under `output_dir/stages/{name}` and reused by later runs; an unfinished one resumes from its checkpoints when
-`resume_from_checkpoint` is given. The assembled pipeline goes to `output_dir/pipeline`.
+`resume_from_checkpoint` is given (a fresh run over an earlier run's checkpoints is refused). The assembled pipeline
+goes to `output_dir/pipeline`.
+
+A finished stage keeps the recipe values it was trained with in `stages/{name}/recipe.json` (`_STAGE_KEYS`: the
+seed, the data, its own section and the sections it builds on). When the recipe has changed since, training is
+refused with one line naming the changed keys, before anything trains: a changed stage is never retrained in place
+(that would silently replace a model the user may still want) nor reused (that would silently ship the old model).
+Use another `output_dir`, or delete the stage folders to retrain. A stage finished before fingerprints existed (no
+`recipe.json`) is reused as it is.
 """
 
+import json
 import time
 from pathlib import Path
 
@@ -15,14 +24,70 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 
 from cf_diffusion.guidance import factor_weights
+from cf_diffusion.training.checkpoint import check_fresh_start
 from cf_diffusion.training.config import load_config
 from cf_diffusion.training.data import load_training_data
 
 STAGES = ("scm", "vae", "decoder", "unet", "predictor")
 
+_SHARED_KEYS = ("seed", "data", "training.mixed_precision", "training.gradient_accumulation_steps")
+# the recipe keys (sections or dotted keys) each stage's model depends on; the `vae.decoder_*` keys only matter to
+# the decoder stage
+_STAGE_KEYS = {
+    "scm": ("seed", "data", "scm"),
+    "vae": (*_SHARED_KEYS, "vae"),
+    "decoder": (*_SHARED_KEYS, "vae"),
+    "unet": (*_SHARED_KEYS, "vae", "unet"),
+    "predictor": (*_SHARED_KEYS, "predictor"),
+}
+_DECODER_KEYS = ("vae.decoder_num_steps", "vae.decoder_lr")
+
 
 def _finished(output_dir: Path, name: str) -> bool:
     return (output_dir / "stages" / name / "DONE").is_file()
+
+
+def _flatten(value, prefix: str) -> dict:
+    """A recipe value as {dotted key: JSON value} (sections become their keys)."""
+    if isinstance(value, dict):
+        return {k: v for key, item in value.items() for k, v in _flatten(item, f"{prefix}.{key}").items()}
+    return {prefix: json.loads(json.dumps(value, default=str))}
+
+
+def _fingerprint(config: dict, name: str) -> dict:
+    """The recipe values the stage `name` depends on, as {dotted key: value}."""
+    found = {}
+    for key in _STAGE_KEYS[name]:
+        value = config
+        for part in key.split("."):
+            value = value[part]
+        found.update(_flatten(value, key))
+    return {k: v for k, v in found.items() if name == "decoder" or k not in _DECODER_KEYS}
+
+
+def _changed_keys(output_dir: Path, name: str, config: dict) -> list[str]:
+    """The keys of `_fingerprint` whose values differ from those the finished stage `name` was trained with (none
+    for an unfinished stage, or one finished before fingerprints existed)."""
+    path = output_dir / "stages" / name / "recipe.json"
+    if not _finished(output_dir, name) or not path.is_file():
+        return []
+    stored, current = json.loads(path.read_text()), _fingerprint(config, name)
+    return sorted(k for k in stored.keys() | current.keys() if stored.get(k) != current.get(k))
+
+
+def _check_fingerprints(config: dict, output_dir: Path) -> None:
+    """Refuses a recipe that differs from the one a finished stage was trained with (see the module docstring).
+
+    Raises:
+        ValueError: Naming each such stage and its changed keys.
+    """
+    changed = {name: keys for name in STAGES if (keys := _changed_keys(output_dir, name, config))}
+    if changed:
+        stages = "; ".join(f"{name} ({', '.join(keys)})" for name, keys in changed.items())
+        raise ValueError(
+            f"Finished stages in {str(output_dir)!r} were trained with a different recipe: {stages}. Use another "
+            f"output_dir, or delete those stages' folders under 'stages' and 'checkpoints' there to retrain them."
+        )
 
 
 def _skipped(config: dict, name: str) -> bool:
@@ -55,6 +120,10 @@ def train(
         raise ValueError(f"Unknown training stages {sorted(unknown)}; expected some of {list(STAGES)}.")
     training = config["training"]
     output_dir = Path(config["output_dir"])
+    _check_fingerprints(config, output_dir)
+    for name in stages:
+        if not _skipped(config, name) and not _finished(output_dir, name):
+            check_fresh_start(output_dir / "checkpoints" / name, resume_from_checkpoint)
     accelerator = Accelerator(
         mixed_precision=training["mixed_precision"],
         gradient_accumulation_steps=training["gradient_accumulation_steps"],
@@ -77,6 +146,8 @@ def train(
         if accelerator.is_main_process:
             for key, model in models.items():
                 model.save_pretrained(output_dir / "stages" / name / key)
+            fingerprint = json.dumps(_fingerprint(config, name), indent=1)
+            (output_dir / "stages" / name / "recipe.json").write_text(fingerprint)
             (output_dir / "stages" / name / "DONE").write_text(f"{time.perf_counter() - start:.0f} s\n")
         accelerator.wait_for_everyone()
         accelerator.print(f"[{name}] finished in {time.perf_counter() - start:.0f} s")
