@@ -8,6 +8,7 @@ import PIL.Image
 import torch
 from diffusers.utils import BaseOutput
 
+from cf_diffusion.identification import EditIdentification
 from cf_diffusion.tiling import DEFAULT_TILE_OVERLAP
 
 
@@ -54,6 +55,9 @@ class CounterfactualPipelineOutput(BaseOutput):
         inversion: The abduction the images were regenerated from (reusable with `__call__(inversion=...)`).
         masks: With `preserve`, Tensor[N, 1, H, W] in [0, 1] at the input's resolution: where each image was allowed
             to change (1) and where it is the input's own pixels (0); else None.
+        identification: One `EditIdentification` per output image: for each factor the edit changes or may change,
+            whether the data identify it, the model's probabilities and the sharp bounds
+            (`cf_diffusion.identification`). Not part of `to_tuple()`, which keeps the fields above.
     """
 
     images: list[PIL.Image.Image] | np.ndarray | torch.Tensor
@@ -61,6 +65,11 @@ class CounterfactualPipelineOutput(BaseOutput):
     counterfactual_factors: list[dict[str, Any]]
     inversion: InversionOutput
     masks: torch.Tensor | None = None
+    identification: list[EditIdentification] | None = None
+
+    def to_tuple(self) -> tuple[Any, ...]:
+        """The fields that are not None, without `identification`."""
+        return tuple(self[key] for key in self.keys() if key != "identification")
 
 
 @dataclass

@@ -43,6 +43,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from cf_diffusion.conditioning import FactorEncoder
 from cf_diffusion.factors import FactorSchema
 from cf_diffusion.guidance import GuidanceScale, edit_guidance, factor_weights, is_weight
+from cf_diffusion.identification import identify_edits
 from cf_diffusion.inversion import (
     ModelFn,
     ddim_invert,
@@ -1076,6 +1077,9 @@ class CounterfactualDiffusionPipeline(DiffusionPipeline):
             counterfactual_factors=_rows(self.schema.decode(counterfactual.cpu())),
             inversion=inversion,
             masks=pixel_mask,
+            identification=identify_edits(
+                self.scm, self.schema.denormalize(factual[::num_counterfactuals]), interventions, num_counterfactuals
+            ),
         )
         return output if return_dict else output.to_tuple()
 

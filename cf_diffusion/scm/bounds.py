@@ -161,7 +161,7 @@ def counterfactual_bounds(
         if callable(value):
             raise ValueError(f"intervention on {name!r} is a callable; bounds need a fixed value for each node")
 
-    relevant = _relevant_nodes(graph, set(target) | set(evidence))
+    relevant = relevant_nodes(graph, set(target) | set(evidence))
     sub = graph.subgraph(relevant)
     order = sub.topological_order()
     interventions = {name: value for name, value in interventions.items() if name in relevant}
@@ -203,8 +203,9 @@ def _check_query_nodes(graph: CausalGraph, query: Mapping[str, Any], what: str) 
             raise ValueError(f"unknown node {name!r} in {what}; the graph's nodes are {graph.nodes}")
 
 
-def _relevant_nodes(graph: CausalGraph, query: set[str]) -> list[str]:
-    """Ancestral closure of `query` that also takes in every c-component it meets in a node with parents."""
+def relevant_nodes(graph: CausalGraph, query: set[str]) -> list[str]:
+    """The nodes a query on `query` depends on (step 1 of the module docstring): the ancestral closure of `query` that
+    also takes in every c-component it meets in a node with parents, in topological order."""
     components = {node: component for component in graph.c_components() for node in component}
     relevant = query | graph.ancestors(query)
     while True:

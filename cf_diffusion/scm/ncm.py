@@ -16,7 +16,9 @@ latent and their likelihood is exact.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -28,6 +30,7 @@ from tqdm.auto import tqdm
 
 from ..factors import FactorSchema
 from ..graph import CausalGraph
+from .counts import COUNTS_FILE, CountsUnavailable, ObservationalCounts
 from .exogenous import Exogenous
 from .mechanisms import FlowMechanism, GumbelMechanism, sample_gumbel
 
@@ -69,6 +72,11 @@ class NeuralCausalModel(ModelMixin, ConfigMixin):
         num_importance: Prior samples K of each latent for the importance-weighted likelihood and abduction.
         flow_transforms: Spline transforms per continuous mechanism (after one affine transform).
         flow_bins: Bins per spline.
+
+    Attributes:
+        observational_counts: The counts of the table `fit` last saw (`ObservationalCounts`; saved beside the weights
+            and loaded with them), or None when the model has none.
+        counts_unavailable: Why the model has no observational counts (None when it has them).
     """
 
     @register_to_config
@@ -120,6 +128,8 @@ class NeuralCausalModel(ModelMixin, ConfigMixin):
                 mechanisms.append(FlowMechanism(context_dim, hidden_dim, flow_transforms, flow_bins))
         self.mechanisms = nn.ModuleList(mechanisms)
         self._index = {name: i for i, name in enumerate(schema.names)}
+        self.observational_counts: ObservationalCounts | None = None
+        self.counts_unavailable = "the causal model has not been fitted"
 
     @property
     def device(self) -> torch.device:
@@ -287,6 +297,7 @@ class NeuralCausalModel(ModelMixin, ConfigMixin):
         n = len(values[self._order[0]])
         if n == 0:
             raise ValueError("table has no rows; fit needs at least one")
+        self.observational_counts, self.counts_unavailable = ObservationalCounts.from_table(self._schema, values), None
         optimizer = torch.optim.Adam(self.parameters(), lr=lr)
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, num_steps)
         self.train()
@@ -304,6 +315,28 @@ class NeuralCausalModel(ModelMixin, ConfigMixin):
             progress.set_postfix(nll=f"{losses[-1]:.4f}", refresh=False)
         self.eval()
         return losses
+
+    # ------------------------------------------------------------------ saving and loading the counts
+
+    def save_pretrained(self, save_directory: str | os.PathLike, is_main_process: bool = True, **kwargs: Any) -> None:
+        """`ModelMixin.save_pretrained`, plus the observational counts (when the model has them)."""
+        super().save_pretrained(save_directory, is_main_process=is_main_process, **kwargs)
+        if is_main_process and self.observational_counts is not None:
+            self.observational_counts.save(Path(save_directory) / COUNTS_FILE)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any) -> NeuralCausalModel:
+        """`ModelMixin.from_pretrained`, plus the observational counts of a local folder (`counts_unavailable` says
+        why a model has none)."""
+        loaded = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        model = loaded[0] if isinstance(loaded, tuple) else loaded  # output_loading_info=True
+        folder = Path(pretrained_model_name_or_path) / (kwargs.get("subfolder") or "")
+        try:
+            model.observational_counts = ObservationalCounts.load(folder / COUNTS_FILE, model.schema)
+            model.counts_unavailable = None
+        except CountsUnavailable as error:
+            model.observational_counts, model.counts_unavailable = None, str(error)
+        return loaded
 
     # ------------------------------------------------------------------ abduction, action, prediction
 
