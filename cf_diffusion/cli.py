@@ -33,6 +33,7 @@ def _edit_kwargs(args) -> dict:
         "preserve": "auto" if args.show_mask and args.preserve is None else args.preserve,
         "working_size": args.working_size,
         "tile_batch_size": args.tile_batch_size,
+        "num_counterfactuals": args.num_counterfactuals,
     }
 
 
@@ -53,7 +54,25 @@ def _save_edit(result, image, out: Path, show_mask: bool) -> None:
     print(f"wrote {path}")
 
 
+def _save_counterfactuals(result, out: Path) -> None:
+    """Writes `<out stem>_counterfactuals.png`: the K counterfactuals of the first image, captioned with the factor
+    draws they were generated with and, where the data do not identify a draw, its probability and bounds."""
+    import numpy as np
+
+    from cf_diffusion.images import image_grid, save_image
+
+    num = len(result.images)
+    captions = [
+        "\n".join(item.caption(row[name]) for name, item in entry.factors.items())
+        for entry, row in zip(result.identification, result.counterfactual_factors, strict=True)
+    ]
+    images = np.stack([np.asarray(image) for image in result.images])
+    grid = image_grid(images, columns=min(8, num), captions=captions, scale=3, min_width=150)
+    print(f"wrote {save_image(grid, out.with_name(f'{out.stem}_counterfactuals.png'))}")
+
+
 def _edit(args) -> None:
+    from cf_diffusion.identification import format_identification
     from cf_diffusion.models import load_pipeline
 
     if (args.image is None) == (args.input_dir is None):
@@ -69,6 +88,9 @@ def _edit(args) -> None:
         _save_edit(result, image, Path(args.out), args.show_mask)
         print(f"factual:        {pipe.schema.format_row(result.factual_factors[0])}")
         print(f"counterfactual: {pipe.schema.format_row(result.counterfactual_factors[0])}")
+        print(format_identification(result.identification[0], result.counterfactual_factors[0]))
+        if args.num_counterfactuals > 1:
+            _save_counterfactuals(result, Path(args.out))
         print(f"wrote {args.out}")
         return
     from accelerate import PartialState
@@ -85,6 +107,8 @@ def _edit(args) -> None:
             image = _open_image(path)
             result = pipe(image=image, factors=factors, interventions=interventions, **_edit_kwargs(args))
             _save_edit(result, image, Path(args.output_dir) / f"{path.stem}.png", args.show_mask)
+            if args.num_counterfactuals > 1:
+                _save_counterfactuals(result, Path(args.output_dir) / f"{path.stem}.png")
     state.wait_for_everyone()
     if state.is_main_process:
         print(f"edited {len(files)} images into {args.output_dir}")
@@ -204,6 +228,13 @@ def build_parser() -> argparse.ArgumentParser:
         "image's own); the edit is brought back to full size",
     )
     edit.add_argument("--tile-batch-size", type=int, default=8, help="tiles per UNet call for large images")
+    edit.add_argument(
+        "--num-counterfactuals",
+        type=int,
+        default=1,
+        help="K > 1 also writes OUT_counterfactuals.png: K counterfactual draws of the causal model, each captioned "
+        "with its factor values and, where the data do not identify them, their probabilities and sharp bounds",
+    )
     edit.add_argument(
         "--show-mask",
         action="store_true",

@@ -163,3 +163,20 @@ def test_pipeline_reports_identification_per_output_image():
     assert len(out.identification) == 2 and len(out.to_tuple()) == 4
     (expected,) = identify_edits(pipe.scm, {name: [value] for name, value in factors.items()}, {"size": "large"})
     assert out.identification[0] == expected and not expected.factors["bar"].identified
+
+
+def test_cli_edit_prints_the_table_and_writes_the_counterfactual_grid(tmp_path, capsys):
+    from PIL import Image
+
+    from cf_diffusion.cli import main
+
+    example = tmp_path / "in.png"
+    load_examples()[0]["image"].save(example)
+    out = tmp_path / "out.png"
+    argv = ["edit", "--image", str(example), "--factors", "size=small,color=red,bar=1,digit=1", "--do", "size=large"]
+    assert main([*argv, "--steps", "2", "--out", str(out), "--num-counterfactuals", "3"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    bar = next(line.split() for line in printed if line.startswith("bar "))
+    assert bar[:3] == ["bar", "descendant", "no"] and "kept: digit, color" in printed
+    grid = Image.open(tmp_path / "out_counterfactuals.png")
+    assert grid.width >= 3 * Image.open(out).width
