@@ -175,6 +175,7 @@ def _evaluate(args) -> None:
         guidance_scale=args.guidance,
         inception=args.inception,
         holdout=args.holdout,
+        cvae=args.cvae,
     )
     print(f"wrote {args.out}/results.json, results.md, results.png")
 
@@ -267,14 +268,15 @@ def build_parser() -> argparse.ArgumentParser:
     make.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
     make.set_defaults(func=_data_make)
 
-    from cf_diffusion.evaluation.harness import METHODS, METRICS
+    from cf_diffusion.evaluation.harness import DEFAULT_METHODS, METHODS, METRICS
 
     evaluate = commands.add_parser("evaluate", help="counterfactual metrics and baselines on a labelled data set")
     evaluate.add_argument("--model", default="default", help="'default', a shipped model name, or a pipeline folder")
     evaluate.add_argument("--data", required=True, help="a procedural dataset name or a folder from `data make`")
     evaluate.add_argument("--out", required=True, help="folder for results.json, results.md and results.png")
     evaluate.add_argument("--metrics", nargs="+", choices=METRICS, default=list(METRICS))
-    evaluate.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
+    evaluate.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(DEFAULT_METHODS))
+    evaluate.add_argument("--cvae", help="the cvae-scm method's model (from `python -m cf_diffusion.training.cvae`)")
     evaluate.add_argument("--n", type=int, default=64)
     evaluate.add_argument("--steps", type=int, nargs="+", default=[25], help="sampling steps (full run: 10 25 50)")
     evaluate.add_argument("--guidance", type=float, help="guidance scale (default: as in edit)")

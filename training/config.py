@@ -71,6 +71,16 @@ DEFAULTS: dict = {
         "ema_decay": 0.999,
     },
     "predictor": {"block_out_channels": [32, 64, 128], "num_steps": 1500, "batch_size": 128, "lr": 1e-3},
+    # the conditional VAE of the `cvae-scm` evaluation baseline (training/cvae.py; not part of the pipeline); beta
+    # weighs the KL term against the per-pixel squared error (a Gaussian decoder of variance beta / 2 on [-1, 1])
+    "cvae": {
+        "block_out_channels": [32, 64, 128],
+        "latent_dim": 16,
+        "beta": 0.01,
+        "num_steps": 3000,
+        "batch_size": 128,
+        "lr": 1e-3,
+    },
     # how the assembled pipeline edits when a call does not say (saved in its model_index.json): settings measured
     # for the model, e.g. with benchmarks/bench_edits.py
     "editing": {

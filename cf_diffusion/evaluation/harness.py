@@ -50,6 +50,7 @@ from tqdm.auto import tqdm
 from cf_diffusion.data import LabeledImageDataset, ProceduralDataset, available_datasets, get_dataset
 from cf_diffusion.data.make import load_ground_truth
 from cf_diffusion.evaluation.consistency import counterfactual_probability, preservation_rate
+from cf_diffusion.evaluation.cvae import ConditionalVAE, load_cvae
 from cf_diffusion.evaluation.effectiveness import effectiveness
 from cf_diffusion.evaluation.image_distance import ground_truth_distance
 from cf_diffusion.evaluation.methods import EditOptions, Method, apply_method
@@ -68,8 +69,9 @@ METHODS = {
     "regenerate": ("regenerate", "ddim"),
     "no-scm": ("no-scm", "ddim"),
     "sdedit": ("sdedit", "ddim"),
+    "cvae-scm": ("cvae-scm", "ddim"),
 }
-DEFAULT_METHODS = tuple(METHODS)
+DEFAULT_METHODS = tuple(name for name in METHODS if name != "cvae-scm")  # cvae-scm needs a model of its own
 HELD_OUT_SEED = 12345
 CONTINUOUS_TOLERANCE = 0.5  # standard deviations of the edited rows' factual values within which a reading is kept
 STANDARD_ERRORS = 2.0
@@ -616,6 +618,7 @@ def evaluate(
     batch_size: int = 32,
     show_progress: bool = True,
     holdout: int | None = None,
+    cvae: str | os.PathLike | ConditionalVAE | None = None,
 ) -> dict[str, Any]:
     """Evaluates counterfactual editing with every metric, for our pipeline and the baselines (module docstring).
 
@@ -628,7 +631,8 @@ def evaluate(
         n: Rows to edit (each is edited once per intervened factor and method).
         steps: Sampling steps of our pipeline; each value is one `ours-*` method.
         methods: Any subset of `METHODS`: `ours-ddim`, `ours-ddpm` (at every entry of `steps`) and the baselines
-            `regenerate` (a), `no-scm` (b) and `sdedit` (c) (at `baseline_steps`).
+            `regenerate` (a), `no-scm` (b) and `sdedit` (c) (at `baseline_steps`), and `cvae-scm` (d, a conditional VAE
+            under the pipeline's causal model; not a default, it needs `cvae`).
         seed: Seed of the rows, the counterfactual draws and every method's noise.
         factors: The factors to intervene on, one at a time (default: every factor of the model).
         baseline_steps: Sampling steps of the baselines (default: the largest entry of `steps`).
@@ -644,6 +648,8 @@ def evaluate(
         show_progress: Show a progress bar over (intervention, method) pairs.
         holdout: Edit only the folder's last `holdout` rows (those a recipe's `data.holdout` kept out of training);
             None chooses among all its rows.
+        cvae: The conditional VAE of `cvae-scm` (a folder written by `python -m cf_diffusion.training.cvae`, or the
+            model); required when `methods` has `cvae-scm`, unused otherwise.
 
     Returns:
         The results, as written to `results.json`: `settings`, `data`, `notes`, `interventions` (per edit: its
@@ -673,7 +679,8 @@ def evaluate(
             f"factors {edited_factors}: expected a non-empty subset of the model's factors {schema.names}"
         )
     method_list = _methods(methods, steps, baseline_steps or max(steps))
-    options = EditOptions(guidance_scale, guidance_reference, sdedit_strength)
+    cvae = load_cvae(cvae, pipe.schema).to(pipe.device) if "cvae-scm" in methods else None
+    options = EditOptions(guidance_scale, guidance_reference, sdedit_strength, cvae=cvae)
     loaded = load_evaluation_data(pipe, data, n, seed, table_rows, holdout)
     notes = list(loaded.notes)
     has_reader = pipe.factor_predictor is not None

@@ -1,4 +1,4 @@
-"""The editing methods the evaluation harness compares: our pipeline and three baselines, behind one signature.
+"""The editing methods the evaluation harness compares: our pipeline and four baselines, behind one signature.
 
 Every method answers the same request: images of B individuals, their factual factors, the counterfactual factors
 wanted (drawn once by the harness from the pipeline's causal model) and the intervened factors; it returns B images.
@@ -13,6 +13,10 @@ wanted (drawn once by the harness from the pipeline's causal model) and the inte
   `strength`, `x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps`, `eps ~ N(0, I)` (the forward process, as diffusers'
   img2img pipelines do), then denoised with DDIM under the counterfactual factors. No noise is abducted from the
   image: what survives of it is only the signal left at level t.
+- `cvae-scm` (baseline d, a conditional-VAE deep structural causal model, Pawlowski et al., 2020): abduction is the
+  posterior mean of a conditional VAE's encoder under the factual factors, prediction its decoder under the same
+  counterfactual factors as `ours` (`cf_diffusion.evaluation.cvae`; the model is `EditOptions.cvae`). No diffusion
+  model and no sampling steps.
 """
 
 from collections.abc import Mapping, Sequence
@@ -24,11 +28,12 @@ import torch
 from diffusers.image_processor import PipelineImageInput
 from diffusers.utils.torch_utils import randn_tensor
 
+from cf_diffusion.evaluation.cvae import ConditionalVAE
 from cf_diffusion.guidance import GuidanceScale
 from cf_diffusion.inversion import inference_timesteps
 from cf_diffusion.pipelines import CounterfactualPipelineOutput, InversionOutput
 
-METHOD_KINDS = ("ours", "regenerate", "no-scm", "sdedit")
+METHOD_KINDS = ("ours", "regenerate", "no-scm", "sdedit", "cvae-scm")
 ABDUCTIONS = ("ddim", "ddpm")
 
 Columns = Mapping[str, np.ndarray]
@@ -41,7 +46,8 @@ class Method:
     Attributes:
         kind: One of `METHOD_KINDS`.
         num_inference_steps: Steps of the full sampling schedule.
-        abduction: `"ddim"` or `"ddpm"`: how `ours` and `no-scm` abduct the image noise (unused by the others).
+        abduction: `"ddim"` or `"ddpm"`: how `ours` and `no-scm` abduct the image noise (unused by the others;
+            `cvae-scm` uses neither it nor the steps).
     """
 
     kind: str
@@ -58,7 +64,9 @@ class Method:
 
     @property
     def name(self) -> str:
-        """The method's name in reports, e.g. `ours-ddpm@25`, `no-scm-ddim@25`, `sdedit@25`."""
+        """The method's name in reports, e.g. `ours-ddpm@25`, `no-scm-ddim@25`, `sdedit@25`, `cvae-scm`."""
+        if self.kind == "cvae-scm":
+            return self.kind
         if self.kind in ("ours", "no-scm"):
             return f"{self.kind}-{self.abduction}@{self.num_inference_steps}"
         return f"{self.kind}@{self.num_inference_steps}"
@@ -74,11 +82,13 @@ class EditOptions:
             `generate` default).
         guidance_reference: `"factual"` or `"null"`, the reference branch of the editing guidance.
         sdedit_strength: Fraction of the schedule that `sdedit` re-noises and denoises, in (0, 1].
+        cvae: The conditional VAE that `cvae-scm` edits with (None: that method cannot run).
     """
 
     guidance_scale: GuidanceScale = None
     guidance_reference: str = "factual"
     sdedit_strength: float = 0.6
+    cvae: ConditionalVAE | None = None
 
 
 def sdedit(
@@ -148,6 +158,20 @@ def _lists(columns: Columns, names: Sequence[str]) -> dict[str, list]:
     return {name: np.asarray(columns[name]).tolist() for name in names}
 
 
+def _cvae_edit(cvae: ConditionalVAE | None, images: np.ndarray, factual: Columns, target: Columns) -> np.ndarray:
+    """`cvae-scm`: images float array[B, H, W, C] in [0, 1] edited from the `factual` to the `target` factors."""
+    if cvae is None:
+        raise ValueError("method 'cvae-scm' needs a conditional VAE: EditOptions(cvae=...)")
+    schema = cvae.schema
+    pixels = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)).permute(0, 3, 1, 2) * 2 - 1
+    factual_encoded, target_encoded = (
+        schema.normalize({name: torch.as_tensor(np.asarray(columns[name])) for name in schema.names}).to(cvae.device)
+        for columns in (factual, target)
+    )
+    edited = cvae.counterfactual(pixels.to(cvae.device), factual_encoded, target_encoded)
+    return ((edited.float().cpu() + 1) / 2).permute(0, 2, 3, 1).numpy()
+
+
 @torch.no_grad()
 def apply_method(
     pipe,
@@ -164,7 +188,8 @@ def apply_method(
     The pipeline is told the counterfactual values of the intervened factors and of their descendants in its graph
     (for `no-scm`, the descendants' factual values instead); every other factor is a non-descendant and the causal
     model keeps it factual. With no intervened factor the request is the null edit: `ours`, `no-scm` and `sdedit`
-    get `interventions={}`, and `regenerate` generates for the factual factors.
+    get `interventions={}`, and `regenerate` generates for the factual factors. `cvae-scm` decodes under the factual
+    factors with the values the pipeline is told in place (the null edit: its reconstruction).
 
     Args:
         pipe: A `CounterfactualDiffusionPipeline`.
@@ -197,6 +222,8 @@ def apply_method(
         "generator": generator,
         "output_type": "np",
     }
+    if method.kind == "cvae-scm":
+        return _cvae_edit(options.cvae, images, factual, {**factors, **interventions})
     if method.kind == "regenerate":
         wanted = _lists(target if intervened else factual, names)
         if options.guidance_scale is None:
