@@ -9,6 +9,7 @@ from PIL import Image
 from cf_diffusion.evaluation.harness import shifted_values
 from cf_diffusion.factors import Factor
 from cf_diffusion.guidance import GuidanceScale
+from cf_diffusion.identification import EditIdentification
 from cf_diffusion.images import image_grid, save_image
 from cf_diffusion.models import load_examples, load_pipeline
 
@@ -18,14 +19,20 @@ def demo_factors(schema) -> list[Factor]:
     return [f for f in schema if not f.is_discrete or f.num_levels == 2]
 
 
-def _caption(row: dict, reference: dict | None) -> str:
-    """Factor values, two per line; a value that differs from the factual one is marked with '*'."""
-    parts = []
+def _caption(row: dict, reference: dict | None, identification: EditIdentification | None = None) -> str:
+    """Factor values, two per line; a value that differs from the factual one is marked with '*'. A factor the data
+    do not identify comes last, on a line of its own, as `FactorIdentification.caption` writes it (`bar=0? p=0.58
+    [0.52, 0.76]`: the model's probability of the value drawn and its sharp bounds)."""
+    parts, unidentified = [], []
     for name, value in row.items():
+        item = None if identification is None else identification.factors.get(name)
+        if item is not None and not item.identified:
+            unidentified.append(item.caption(value))
+            continue
         text = f"{value:.1f}" if isinstance(value, float) else str(value)
         changed = reference is not None and reference[name] != value
         parts.append(f"{name}={text}{'*' if changed else ''}")
-    return "\n".join(" ".join(parts[i : i + 2]) for i in range(0, len(parts), 2))
+    return "\n".join([" ".join(parts[i : i + 2]) for i in range(0, len(parts), 2)] + unidentified)
 
 
 def run_demo(
@@ -60,16 +67,16 @@ def run_demo(
             generator=torch.Generator().manual_seed(seed),
             output_type="np",
         )
-        columns.append((f"do({factor.name})", out_.images, out_.counterfactual_factors))
+        columns.append((f"do({factor.name})", out_.images, out_.counterfactual_factors, out_.identification))
     cells, captions = [], []
     for i, image in enumerate(images):
         cells.append(np.asarray(image))
         factual_row = {name: out_.factual_factors[i][name] for name in schema.names}
         captions.append("factual\n" + _caption(factual_row, None))
         table.append({"example": i, "edit": "factual", **factual_row})
-        for title, edited, rows in columns:
+        for title, edited, rows, identification in columns:
             cells.append((edited[i] * 255).round().astype(np.uint8))
-            captions.append(f"{title}\n" + _caption(rows[i], factual_row))
+            captions.append(f"{title}\n" + _caption(rows[i], factual_row, identification[i]))
             table.append({"example": i, "edit": title, **rows[i]})
     grid = image_grid(np.stack(cells), columns=1 + len(columns), captions=captions, scale=3, min_width=120)
     graph = Image.open(_draw_graph(pipe.scm.graph)).convert("RGB")

@@ -180,3 +180,14 @@ def test_cli_edit_prints_the_table_and_writes_the_counterfactual_grid(tmp_path, 
     assert bar[:3] == ["bar", "descendant", "no"] and "kept: digit, color" in printed
     grid = Image.open(tmp_path / "out_counterfactuals.png")
     assert grid.width >= 3 * Image.open(out).width
+
+
+def test_demo_captions_mark_an_unidentified_factor(shipped_scm):
+    from cf_diffusion.demo import _caption
+
+    (entry,) = identify_edits(shipped_scm, FACTUAL, {"size": "large"})
+    row = {"digit": "3", "size": "large", "color": "red", "bar": "0"}
+    caption = _caption(row, {**row, "size": "small", "bar": "1"}, entry)
+    low, high = entry.factors["bar"].bounds["0"]
+    p = entry.factors["bar"].probabilities["0"]
+    assert caption.splitlines() == ["digit=3 size=large*", "color=red", f"bar=0? p={p:.2f} [{low:.2f}, {high:.2f}]"]
