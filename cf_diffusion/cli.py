@@ -115,11 +115,11 @@ def _edit(args) -> None:
 
 
 def _open_image(path):
-    from PIL import Image, UnidentifiedImageError
+    from cf_diffusion.reading import read_image
 
     try:
-        return Image.open(path).convert("RGB")
-    except (FileNotFoundError, UnidentifiedImageError) as error:
+        return read_image(path)
+    except OSError as error:  # missing, a folder, not an image, truncated
         raise ValueError(f"Cannot read image {str(path)!r}: {error}") from None
 
 

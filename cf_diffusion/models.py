@@ -35,11 +35,11 @@ def load_pipeline(model: str | Path = "default", device: str | torch.device = "c
 
 def load_examples(model: str | Path = "default") -> list[dict]:
     """The example images a model folder ships (`examples/examples.jsonl`): dicts with `image` (PIL) and `factors`."""
-    from PIL import Image
+    from cf_diffusion.reading import read_image
 
     folder = model_path(model) / "examples"
     index = folder / "examples.jsonl"
     if not index.is_file():
         raise ValueError(f"Model {str(model)!r} ships no example images ({index} is missing).")
     rows = [json.loads(line) for line in index.read_text().splitlines() if line.strip()]
-    return [{"image": Image.open(folder / row["file_name"]).convert("RGB"), "factors": row["factors"]} for row in rows]
+    return [{"image": read_image(folder / row["file_name"]), "factors": row["factors"]} for row in rows]

@@ -26,6 +26,7 @@ from contextlib import contextmanager
 from typing import Any, Literal
 
 import numpy as np
+import PIL.Image
 import torch
 import torch.nn.functional as F
 from diffusers import (
@@ -54,6 +55,7 @@ from cf_diffusion.inversion import (
     inverse_scheduler_for,
 )
 from cf_diffusion.predictor import FactorPredictor
+from cf_diffusion.reading import to_8bit
 from cf_diffusion.scm import NeuralCausalModel
 from cf_diffusion.tiling import DEFAULT_TILE_OVERLAP, TileLayout, tile_layout, tiled_model_fn
 
@@ -116,6 +118,33 @@ def _resize(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     if tuple(images.shape[-2:]) == tuple(size):
         return images
     return F.interpolate(images, size=tuple(size), mode="bicubic", antialias=True).clamp(-1, 1)
+
+
+def _unit_range(image: Any) -> Any:
+    """One image of `image=` in the form diffusers' VaeImageProcessor reads: a uint8 array or tensor (0..255)
+    scaled to floats in [0, 1], a 16-bit greyscale PIL image to 8 bit (`to_8bit`); a float array or tensor must
+    already be in [0, 1].
+
+    Raises:
+        ValueError: On another dtype, NaN or infinite values, or floats outside [0, 1].
+    """
+    if isinstance(image, PIL.Image.Image):
+        return to_8bit(image)
+    if not isinstance(image, np.ndarray | torch.Tensor):
+        return image
+    values = torch.as_tensor(image)
+    if values.dtype == torch.uint8:
+        return image / np.float32(255) if isinstance(image, np.ndarray) else image.float() / 255
+    if not values.is_floating_point():
+        raise ValueError(f"image must be uint8 (0..255) or float (0..1), got {values.dtype}")
+    if not torch.isfinite(values).all():
+        raise ValueError("image holds NaN or infinite pixel values")
+    if values.numel() and (values.min() < 0 or values.max() > 1):
+        raise ValueError(
+            f"image is float with values in [{values.min().item():.4g}, {values.max().item():.4g}]; float images "
+            "must be in [0, 1] (uint8 ones in 0..255)"
+        )
+    return image
 
 
 class CounterfactualDiffusionPipeline(DiffusionPipeline):
@@ -511,7 +540,15 @@ class CounterfactualDiffusionPipeline(DiffusionPipeline):
         return "auto" if larger and mask is None else "none"
 
     def _preprocess_image(self, image: PipelineImageInput) -> torch.Tensor:
-        """PIL images, arrays or tensors in [0, 1] -> Tensor[B, C, H, W] float32 in [-1, 1] (not resized)."""
+        """PIL images, uint8 arrays or tensors (0..255), or float ones in [0, 1] (`_unit_range`) -> Tensor[B, C, H, W]
+        float32 in [-1, 1] (not resized).
+
+        Raises:
+            ValueError: On an empty list, or an image `_unit_range` refuses.
+        """
+        if isinstance(image, list) and not image:
+            raise ValueError("image is an empty list; pass one image or a non-empty list of images")
+        image = [_unit_range(i) for i in image] if isinstance(image, list) else _unit_range(image)
         return self.image_processor.preprocess(image).to(torch.float32)
 
     def _factual_factors(self, factors: Any, pixels: torch.Tensor | None, device: torch.device) -> torch.Tensor:

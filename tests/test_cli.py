@@ -72,6 +72,8 @@ def test_data_make_writes_an_imagefolder(tmp_path):
             "no/such/folder",
         ),
         (["edit", "--image", "missing.png", "--do", "color=green", "--out", "y.png"], "missing.png"),
+        (["edit", "--image", "cut.png", "--do", "color=green", "--out", "y.png"], "'cut.png': image file is trunc"),
+        (["edit", "--image", "folder.png", "--do", "color=green", "--out", "y.png"], "'folder.png'"),
         (["generate", "--do", "colour=green", "--n", "1"], "colour"),
         (["generate", "--do", "color=blue", "--n", "1"], "blue"),
         (["data", "make", "no-such-data", "--n", "1", "--out", "z"], "no-such-data"),
@@ -81,6 +83,9 @@ def test_data_make_writes_an_imagefolder(tmp_path):
 def test_errors_are_one_clear_line_with_nonzero_status(argv, culprit, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     Image.new("RGB", (32, 32)).save(tmp_path / "x.png")
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (32, 32, 3), np.uint8)).save(tmp_path / "cut.png")
+    (tmp_path / "cut.png").write_bytes((tmp_path / "cut.png").read_bytes()[:-200])
+    (tmp_path / "folder.png").mkdir()
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and culprit in err and "error" in err

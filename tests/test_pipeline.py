@@ -1,7 +1,9 @@
 """CounterfactualDiffusionPipeline with tiny pixel-space and latent-space components."""
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from pipeline_fixtures import tiny_images, tiny_pipeline, tiny_text_components
 from pipeline_tester import PipelineTesterMixin
 
@@ -376,6 +378,15 @@ BAD_INPUTS = [
     ({"callback_on_step_end_tensor_inputs": ["noise"]}, r"callback_on_step_end_tensor_inputs \['noise'\] are not"),
     ({"image": None}, "image is required"),
     ({"interventions": [("color", "red")]}, "interventions must be a dict"),
+    (
+        {"image": tiny_images(1, 8) * 255},
+        r"image is float with values in \[30.05, 215.6\]; float images must be in \[0, 1\]",
+    ),
+    ({"image": tiny_images(1, 8) - 0.5}, r"image is float with values in \[-0.3821, 0.3456\]"),
+    ({"image": torch.full((1, 3, 8, 8), float("nan"))}, "image holds NaN or infinite pixel values"),
+    ({"image": [tiny_images(1, 8)[0], torch.full((3, 8, 8), float("inf"))]}, "image holds NaN or infinite"),
+    ({"image": []}, "image is an empty list"),
+    ({"image": np.zeros((1, 8, 8, 3), np.int64)}, r"image must be uint8 \(0..255\) or float \(0..1\), got"),
 ]
 
 
@@ -391,6 +402,23 @@ def test_bad_inputs_raise_value_error(change, message):
     }
     with pytest.raises(ValueError, match=message):
         pipe(**inputs)
+
+
+def test_uint8_images_mean_0_to_255_and_16_bit_greyscale_is_scaled_to_8_bit():
+    pipe = tiny_pipeline()
+    pixels = (tiny_images(1, 8) * 255).round()
+
+    def edit(image) -> torch.Tensor:
+        generator = torch.Generator().manual_seed(0)
+        common = {"factors": FACTORS[0], "interventions": {"color": "green"}, "num_inference_steps": 2}
+        return pipe(image=image, generator=generator, output_type="pt", **common).images
+
+    expected = edit(pixels / 255)
+    assert torch.allclose(edit(pixels.to(torch.uint8)), expected, atol=1e-6)
+    assert torch.allclose(edit(pixels.to(torch.uint8).permute(0, 2, 3, 1).numpy()), expected, atol=1e-6)
+    grey = Image.fromarray(np.full((8, 8), 82 * 257, np.uint16))
+    assert grey.mode == "I;16"
+    assert torch.allclose(pipe._preprocess_image(grey), torch.full((1, 1, 8, 8), 82 / 255 * 2 - 1))
 
 
 def test_missing_factors_without_predictor_raise():
