@@ -153,6 +153,14 @@ def identify_edits(
     return entries
 
 
+def clear_bounds_cache() -> int:
+    """Forgets every cached linear-program solution; returns how many (target, evidence, intervention) patterns
+    were cached."""
+    count = sum(len(cache) for cache in _LP_CACHE.values())
+    _LP_CACHE.clear()
+    return count
+
+
 def _row_value(spec: Any, b: int) -> Any:
     """Image b's intervention value: one value for every image, one per image, or a callable."""
     if callable(spec):
