@@ -7,7 +7,9 @@ from pathlib import Path
 
 def _demo(args) -> None:
     from cf_diffusion.demo import format_table, run_demo
+    from cf_diffusion.outputs import check_output_file
 
+    check_output_file(args.out, "--out", args.overwrite)
     path, table = run_demo(args.model, args.out, args.steps, args.guidance, args.seed)
     print(format_table(table))
     print(f"wrote {path}")
@@ -38,14 +40,21 @@ def _edit_kwargs(args) -> dict:
 
 
 def _save_edit(result, image, out: Path, show_mask: bool) -> None:
-    """Writes the edited image to `out`; with `show_mask`, also `<out stem>_mask.png`: input | edit | mask."""
+    """Writes the edited image to `out` atomically; with `show_mask`, first `<out stem>_mask.png`: input | edit |
+    mask (`out` is written last, so a complete `out` means a complete edit)."""
+    from cf_diffusion.outputs import write_image
+
+    if show_mask:
+        _save_mask(result, image, out)
+    write_image(result.images[0], out)
+
+
+def _save_mask(result, image, out: Path) -> None:
+    """Writes `<out stem>_mask.png`: input | edit | mask."""
     import numpy as np
 
     from cf_diffusion.images import image_grid, save_image
 
-    result.images[0].save(out)
-    if not show_mask:
-        return
     mask = (result.masks[0, 0].cpu().numpy() * 255).round().astype(np.uint8)
     panels = np.stack([np.asarray(image), np.asarray(result.images[0]), np.repeat(mask[..., None], 3, axis=-1)])
     coverage = float(result.masks[0].mean())
@@ -71,6 +80,59 @@ def _save_counterfactuals(result, out: Path) -> None:
     print(f"wrote {save_image(grid, out.with_name(f'{out.stem}_counterfactuals.png'))}")
 
 
+def _side_outputs(out: Path, args) -> list[Path]:
+    """The files an edit writes beside `out`: the mask panel and the counterfactuals' grid, when asked for."""
+    sides = [out.with_name(f"{out.stem}_mask.png")] if args.show_mask else []
+    return sides + ([out.with_name(f"{out.stem}_counterfactuals.png")] if args.num_counterfactuals > 1 else [])
+
+
+def _check_edit_out(args) -> None:
+    """--out (and the files beside it) can be written, and replace nothing without --overwrite."""
+    from cf_diffusion.outputs import check_output_file, image_extensions
+
+    out = check_output_file(args.out, "--out", args.overwrite, image_extensions())
+    for side in _side_outputs(out, args):
+        check_output_file(side, "--out", args.overwrite)
+
+
+def _output_name(path: Path) -> str:
+    """The output file name of an --input-dir image: `a.png` -> `a.png`, `a.jpg` -> `a.jpg.png` (distinct)."""
+    return f"{path.stem}.png" if path.suffix.lower() == ".png" else f"{path.name}.png"
+
+
+def _batch_outputs(args) -> tuple[dict[Path, Path], int]:
+    """The --input-dir images still to edit, each with its output in --output-dir, and how many are skipped
+    because their output is complete (none with --overwrite).
+
+    Raises:
+        ValueError: On a missing or empty input folder, an output folder that is (inside) the input folder or
+            cannot be written, or two images that would write the same output file.
+    """
+    from cf_diffusion.outputs import check_output_folder, is_complete_image
+
+    if args.output_dir is None:
+        raise ValueError("edit --input-dir needs --output-dir.")
+    source = Path(args.input_dir)
+    if not source.is_dir():
+        raise ValueError(f"--input-dir {args.input_dir!r} is not a folder")
+    target = check_output_folder(args.output_dir, "--output-dir")
+    if target.resolve() == source.resolve() or source.resolve() in target.resolve().parents:
+        raise ValueError(
+            f"--output-dir {args.output_dir!r} is --input-dir or inside it, where edits would replace or mix with "
+            "the originals; choose a folder outside it"
+        )
+    files = sorted(p for p in source.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg") and p.is_file())
+    if not files:
+        raise ValueError(f"--input-dir {args.input_dir!r} holds no .png/.jpg images.")
+    outputs = {path: target / _output_name(path) for path in files}
+    written = [p for out in outputs.values() for p in (out, *_side_outputs(out, args))]
+    clashes = sorted({p.name for p in written if written.count(p) > 1})
+    if clashes:
+        raise ValueError(f"--input-dir images would write the same output files {clashes}; rename those images")
+    todo = {path: out for path, out in outputs.items() if args.overwrite or not is_complete_image(out)}
+    return todo, len(outputs) - len(todo)
+
+
 def _edit(args) -> None:
     from cf_diffusion.identification import format_identification
     from cf_diffusion.models import load_pipeline
@@ -79,39 +141,39 @@ def _edit(args) -> None:
         raise ValueError("edit needs exactly one of --image (one file) or --input-dir (a folder of images).")
     if args.image is not None and args.out is None:
         raise ValueError("edit --image needs --out (the PNG to write).")
+    if args.image is not None:
+        _check_edit_out(args)
+    else:
+        todo, skipped = _batch_outputs(args)
     image = _open_image(args.image) if args.image is not None else None
     pipe = load_pipeline(args.model)
     interventions = _interventions(pipe.schema, args.do)
     factors = pipe.schema.parse(args.factors) if args.factors else None
     if image is not None:
         result = pipe(image=image, factors=factors, interventions=interventions, **_edit_kwargs(args))
+        if args.num_counterfactuals > 1:
+            _save_counterfactuals(result, Path(args.out))
         _save_edit(result, image, Path(args.out), args.show_mask)
         print(f"factual:        {pipe.schema.format_row(result.factual_factors[0])}")
         print(f"counterfactual: {pipe.schema.format_row(result.counterfactual_factors[0])}")
         print(format_identification(result.identification[0], result.counterfactual_factors[0]))
-        if args.num_counterfactuals > 1:
-            _save_counterfactuals(result, Path(args.out))
         print(f"wrote {args.out}")
         return
     from accelerate import PartialState
 
-    if args.output_dir is None:
-        raise ValueError("edit --input-dir needs --output-dir.")
-    files = sorted(p for p in Path(args.input_dir).iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
-    if not files:
-        raise ValueError(f"--input-dir {args.input_dir!r} holds no .png/.jpg images.")
     state = PartialState()
     Path(args.output_dir).mkdir(parents=True, exist_ok=True)
-    with state.split_between_processes(files) as mine:
+    with state.split_between_processes(sorted(todo)) as mine:
         for path in mine:
             image = _open_image(path)
             result = pipe(image=image, factors=factors, interventions=interventions, **_edit_kwargs(args))
-            _save_edit(result, image, Path(args.output_dir) / f"{path.stem}.png", args.show_mask)
             if args.num_counterfactuals > 1:
-                _save_counterfactuals(result, Path(args.output_dir) / f"{path.stem}.png")
+                _save_counterfactuals(result, todo[path])
+            _save_edit(result, image, todo[path], args.show_mask)
     state.wait_for_everyone()
     if state.is_main_process:
-        print(f"edited {len(files)} images into {args.output_dir}")
+        done = f" ({skipped} already complete, skipped; --overwrite redoes them)" if skipped else ""
+        print(f"edited {len(todo)} images into {args.output_dir}{done}")
 
 
 def _open_image(path):
@@ -129,7 +191,9 @@ def _generate(args) -> None:
 
     from cf_diffusion.images import image_grid, save_image
     from cf_diffusion.models import load_pipeline
+    from cf_diffusion.outputs import check_output_file
 
+    check_output_file(args.out, "--out", args.overwrite)
     pipe = load_pipeline(args.model)
     result = pipe.generate(
         interventions=_interventions(pipe.schema, args.do),
@@ -160,9 +224,14 @@ def _data_make(args) -> None:
 
 
 def _evaluate(args) -> None:
-    from cf_diffusion.evaluation.harness import evaluate
+    from cf_diffusion.evaluation.harness import RESULT_FILES, evaluate
     from cf_diffusion.models import load_pipeline
+    from cf_diffusion.outputs import check_output_folder
 
+    out = check_output_folder(args.out, "--out")
+    existing = [name for name in RESULT_FILES if (out / name).exists()]
+    if existing and not args.overwrite:
+        raise ValueError(f"--out {args.out!r} holds {existing} of an earlier evaluation; pass --overwrite to replace")
     evaluate(
         load_pipeline(args.model),
         args.data,
@@ -195,6 +264,9 @@ def build_parser() -> argparse.ArgumentParser:
             "continuous ones at 1; generate 3)",
         )
         p.add_argument("--seed", type=int, default=0)
+        p.add_argument(
+            "--overwrite", action="store_true", help="replace existing outputs (--input-dir: redo complete ones too)"
+        )
 
     demo = commands.add_parser("demo", help="edit built-in examples with the default model; writes cf_demo.png")
     editing_options(demo)
@@ -210,7 +282,11 @@ def build_parser() -> argparse.ArgumentParser:
     edit.add_argument("--abduction", choices=("ddim", "ddpm"), help="default: the model's (saved with it)")
     edit.add_argument("--out", help="output PNG (with --image)")
     edit.add_argument("--input-dir", help="edit every image of a folder (split across accelerate processes)")
-    edit.add_argument("--output-dir", help="where --input-dir results go")
+    edit.add_argument(
+        "--output-dir",
+        help="where --input-dir results go, outside --input-dir (a.png -> a.png, a.jpg -> a.jpg.png); complete ones "
+        "are skipped unless --overwrite",
+    )
     edit.add_argument(
         "--preserve",
         choices=("auto", "none"),
@@ -281,6 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--steps", type=int, nargs="+", default=[25], help="sampling steps (full run: 10 25 50)")
     evaluate.add_argument("--guidance", type=float, help="guidance scale (default: as in edit)")
     evaluate.add_argument("--seed", type=int, default=0)
+    evaluate.add_argument("--overwrite", action="store_true", help="replace the results of an earlier evaluation")
     evaluate.add_argument("--inception", help="a local Inception TorchScript file for FID/KID")
     evaluate.add_argument(
         "--holdout", type=int, help="edit only the folder's last N rows (those a recipe's data.holdout kept out)"

@@ -1,6 +1,8 @@
 """The `cf-diffusion` command on the shipped default model and on generated data."""
 
 import json
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -97,3 +99,73 @@ def test_shipped_models_are_small_enough_to_ship(name):
         pytest.skip(f"the {name} model is not shipped yet")
     size = sum(p.stat().st_size for p in model_path(name).rglob("*") if p.is_file())
     assert size <= 10 * 1024 * 1024
+
+
+EDIT = ["edit", "--image", "x.png", "--do", "color=green"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        ([*EDIT, "--out", "taken.png"], "--out 'taken.png' exists; pass --overwrite to replace it"),
+        ([*EDIT, "--out", "taken.jpg", "--show-mask"], "--out 'taken_mask.png' exists; pass --overwrite"),
+        ([*EDIT, "--out", "folder"], "--out 'folder' is a folder; expected the path of a file"),
+        ([*EDIT, "--out", "missing/y.png"], "--out 'missing/y.png': its folder 'missing' does not exist"),
+        ([*EDIT, "--out", "x.png/y.png"], "--out 'x.png/y.png': 'x.png' is not a folder"),
+        ([*EDIT, "--out", "y.edit"], "--out 'y.edit' has an unknown extension; expected one of .*\\.png"),
+        (["generate", "--out", "taken.png"], "--out 'taken.png' exists; pass --overwrite"),
+        (["generate", "--out", "grid.jpg"], "--out 'grid.jpg' has an unknown extension; expected one of .png"),
+        (["demo", "--out", "taken.png"], "--out 'taken.png' exists; pass --overwrite"),
+        (["evaluate", "--data", "colored-bars", "--out", "results"], r"holds \['results.json'\] of an earlier"),
+        (["evaluate", "--data", "colored-bars", "--out", "x.png"], "--out 'x.png' is a file; expected a folder"),
+        (["edit", "--do", "color=red", "--input-dir", "folder", "--output-dir", "folder"], "is --input-dir or inside"),
+        (["edit", "--do", "color=red", "--input-dir", "folder", "--output-dir", "folder/edits"], "inside it"),
+        (["edit", "--do", "color=red", "--input-dir", "x.png", "--output-dir", "o"], "--input-dir 'x.png' is not a"),
+        (["edit", "--do", "color=red", "--input-dir", "clash", "--output-dir", "o"], r"same output files \['a.png'\]"),
+    ],
+)
+def test_output_paths_are_checked_before_any_diffusion(argv, message, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+
+    def no_diffusion(*args, **kwargs):
+        raise AssertionError("the diffusion ran before the output paths were checked")
+
+    monkeypatch.setattr("cf_diffusion.models.load_pipeline", no_diffusion)
+    monkeypatch.setattr("cf_diffusion.demo.run_demo", no_diffusion)
+    for name in ("x.png", "taken.png", "taken_mask.png", "folder/a.png", "clash/a.png", "clash/a.PNG"):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        Image.new("RGB", (32, 32)).save(tmp_path / name)
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "results.json").write_text("{}")
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert re.search(message, err), err
+
+
+def test_an_unwritable_output_folder_is_refused_before_any_diffusion(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr("cf_diffusion.outputs.os.access", lambda path, mode: Path(path) != tmp_path)
+    monkeypatch.setattr("cf_diffusion.models.load_pipeline", None)
+    assert main(["generate", "--out", str(tmp_path / "grid.png")]) == 2
+    assert f"the folder {str(tmp_path)!r} is not writable" in capsys.readouterr().err
+
+
+def test_edit_input_dir_keeps_distinct_outputs_and_skips_complete_ones(tmp_path, capsys):
+    source, target = tmp_path / "in", tmp_path / "out"
+    source.mkdir()
+    for i, name in enumerate(("a.png", "a.jpg")):
+        load_examples()[i]["image"].save(source / name)
+    argv = ["edit", "--do", "color=green", "--steps", "2", "--input-dir", str(source), "--output-dir", str(target)]
+    assert main(argv) == 0
+    assert sorted(p.name for p in target.iterdir()) == ["a.jpg.png", "a.png"]
+    assert not np.array_equal(np.asarray(Image.open(target / "a.png")), np.asarray(Image.open(target / "a.jpg.png")))
+    first = (target / "a.jpg.png").stat().st_mtime_ns
+    (target / "a.png").write_bytes((target / "a.png").read_bytes()[:40])  # as a kill mid-write used to leave it
+    capsys.readouterr()
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "edited 1 images" in printed and "1 already complete, skipped" in printed
+    assert (target / "a.jpg.png").stat().st_mtime_ns == first
+    assert Image.open(target / "a.png").size == Image.open(source / "a.png").size
+    assert main([*argv, "--overwrite"]) == 0
+    assert (target / "a.jpg.png").stat().st_mtime_ns != first
