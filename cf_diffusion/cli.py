@@ -367,7 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Runs the command; errors are one line on stderr and exit status 2."""
+    """Runs the command; errors are one line on stderr and exit status 2 (Ctrl-C: "interrupted", status 130)."""
     args = build_parser().parse_args(argv)
     from diffusers.utils import logging
 
@@ -377,6 +377,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as error:
         print(f"cf-diffusion {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"cf-diffusion {args.command}: interrupted", file=sys.stderr)
+        return 130
     return 0
 
 

@@ -28,9 +28,33 @@ def load_pipeline(model: str | Path = "default", device: str | torch.device = "c
     """Loads a CounterfactualDiffusionPipeline in float32 (shipped weights are stored in float16 to stay small)."""
     from cf_diffusion.pipelines import CounterfactualDiffusionPipeline
 
-    pipe = CounterfactualDiffusionPipeline.from_pretrained(model_path(model), dtype=torch.float32)
+    path = model_path(model)
+    _check_components(path)
+    try:
+        pipe = CounterfactualDiffusionPipeline.from_pretrained(path, dtype=torch.float32)
+    except OSError as error:  # unreadable JSON or weights
+        raise ValueError(f"Cannot load model {str(path)!r}: {str(error).strip().splitlines()[0]}") from None
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
+
+
+def _check_components(path: Path) -> None:
+    """`path/model_index.json` must be valid JSON and each component it lists must have its folder.
+
+    Raises:
+        ValueError: Naming the file or the missing folder.
+    """
+    index = path / "model_index.json"
+    try:
+        entries = json.loads(index.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{str(index)!r} is not valid JSON: {error}") from None
+    if not isinstance(entries, dict):
+        raise ValueError(f"{str(index)!r} must hold a JSON object, got {type(entries).__name__}")
+    listed = [name for name, entry in entries.items() if isinstance(entry, list) and entry and entry[0] is not None]
+    missing = [name for name in listed if not (path / name).is_dir()]
+    if missing:
+        raise ValueError(f"Model {str(path)!r} lacks the folders {missing} that its model_index.json lists")
 
 
 def load_examples(model: str | Path = "default") -> list[dict]:

@@ -2,6 +2,7 @@
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -169,3 +170,58 @@ def test_edit_input_dir_keeps_distinct_outputs_and_skips_complete_ones(tmp_path,
     assert Image.open(target / "a.png").size == Image.open(source / "a.png").size
     assert main([*argv, "--overwrite"]) == 0
     assert (target / "a.jpg.png").stat().st_mtime_ns != first
+
+
+def test_ctrl_c_is_one_line_and_status_130(tmp_path, monkeypatch, capsys):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("cf_diffusion.training.run.train", interrupted)
+    assert main(["train", "--config", str(tmp_path / "recipe.yaml")]) == 130
+    assert capsys.readouterr().err.strip() == "cf-diffusion train: interrupted"
+
+
+def test_a_broken_recipe_is_one_error_line(tmp_path, capsys):
+    (tmp_path / "recipe.yaml").write_text("data:\n  dataset: colored-bars\ntraining:\n  checkpointing_steps: 0\n")
+    (tmp_path / "broken.yaml").write_text("data: {dataset: colored-bars\n")
+    for name, culprit in (
+        ("recipe.yaml", "'training.checkpointing_steps' must be"),
+        ("broken.yaml", "not valid YAML"),
+    ):
+        assert main(["train", "--config", str(tmp_path / name)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and culprit in err
+
+
+def _break_unet_weights(model):
+    (model / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"")
+
+
+def _break_unet_config(model):
+    (model / "unet" / "config.json").write_text("{not json")
+
+
+def _break_model_index(model):
+    (model / "model_index.json").write_text("{not json")
+
+
+def _remove_unet(model):
+    shutil.rmtree(model / "unet")
+
+
+@pytest.mark.parametrize(
+    ("damage", "culprit"),
+    [
+        (_break_unet_weights, "diffusion_pytorch_model.safetensors"),
+        (_break_unet_config, "unet/config.json' is not a valid JSON"),
+        (_break_model_index, "model_index.json' is not valid JSON"),
+        (_remove_unet, "lacks the folders ['unet']"),
+    ],
+)
+def test_a_damaged_model_folder_is_one_error_line(damage, culprit, tmp_path, capsys):
+    model = tmp_path / "model"
+    shutil.copytree(model_path("default"), model)
+    damage(model)
+    assert main(["generate", "--model", str(model), "--n", "1", "--out", str(tmp_path / "grid.png")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and culprit in err, err

@@ -335,6 +335,23 @@ def test_checkpoints_are_written_atomically(tmp_path, monkeypatch):
         ({"data": {"dataset": "morpho"}, "editing": {"abduction": "euler"}}, None, "'editing.abduction'.*'euler'"),
         ({"data": {"dataset": "morpho"}, "editing": {"guidance_scale": {"digit": -1}}}, None, "'editing.guidance"),
         ({"data": {"dataset": "morpho"}, "editing": {"guidance_scale": "high"}}, None, "'editing.guidance_scale'"),
+        (
+            {"data": {"dataset": "morpho"}, "training": {"checkpointing_steps": 0}},
+            None,
+            "'training.checkpointing_steps' must be an integer >= 1, got 0",
+        ),
+        ({"data": {"dataset": "morpho"}}, {"scm": {"batch_size": 0}}, "'scm.batch_size' must be an integer >= 1"),
+        ({"data": {"dataset": "morpho"}, "unet": {"num_steps": "five"}}, None, "'unet.num_steps' .*, got 'five'"),
+        ({"data": {"dataset": "morpho"}, "unet": {"num_steps": True}}, None, "'unet.num_steps' must be an integer"),
+        ({"data": {"dataset": "morpho"}, "vae": {"lr": "3e-4"}}, None, "'vae.lr' must be a number >= 0, got '3e-4'"),
+        ({"data": {"dataset": "morpho"}, "unet": {"lr": float("nan")}}, None, "'unet.lr' must be a number >= 0"),
+        ({"data": {"dataset": "morpho", "holdout": -1}}, None, "'data.holdout' must be an integer >= 0, got -1"),
+        ({"data": {"dataset": "morpho", "skip_bad": "yes"}}, None, "'data.skip_bad' must be true or false"),
+        (
+            {"data": {"dataset": "morpho"}, "unet": {"block_out_channels": [64, "x"]}},
+            None,
+            "'unet.block_out_channels' must be a list of integers >= 1",
+        ),
     ],
 )
 def test_recipe_errors_name_the_key(recipe, overrides, match):
@@ -351,6 +368,10 @@ def test_recipe_files_are_checked(tmp_path):
     (tmp_path / "list.yaml").write_text("- data\n")
     with pytest.raises(ValueError, match="must hold a mapping"):
         load_config(tmp_path / "list.yaml")
+    (tmp_path / "broken.yaml").write_text("data:\n  dataset: [morpho\n")
+    with pytest.raises(ValueError, match=r"broken.yaml' is not valid YAML: .*line 2") as raised:
+        load_config(tmp_path / "broken.yaml")
+    assert "\n" not in str(raised.value)
     config = load_config({"data": {"dataset": "morpho"}, "unet": {"pretrained": "models/sd15"}})
     assert config["vae"]["pretrained"] == str(Path("models/sd15") / "vae")
 

@@ -4,6 +4,7 @@ Unknown keys are errors (a typo must not silently fall back to a default).
 """
 
 import copy
+import math
 from pathlib import Path
 
 import yaml
@@ -90,6 +91,55 @@ DEFAULTS: dict = {
 }
 
 _OPTIONAL_SECTIONS = ("vae",)
+# integer keys that may be 0; every other integer key must be >= 1
+_ZERO_ALLOWED = (
+    "seed",
+    "holdout",
+    "num_workers",
+    "validation_steps",
+    "confounder_dim",
+    "decoder_num_steps",
+    "lr_warmup_steps",
+)
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_value(value, default, name: str) -> None:
+    """`value` has the type of its `default`: an integer (>= 1, or >= 0 for `_ZERO_ALLOWED`), a finite number >= 0,
+    a list of integers >= 1, a boolean or a string. Keys whose default is None are checked where they are used.
+
+    Raises:
+        ValueError: Naming the key, what was expected and what was given.
+    """
+    if isinstance(default, bool):
+        ok, expected = isinstance(value, bool), "true or false"
+    elif isinstance(default, int):
+        least = 0 if name.rsplit(".", 1)[-1] in _ZERO_ALLOWED else 1
+        ok, expected = _is_int(value) and value >= least, f"an integer >= {least}"
+    elif isinstance(default, float):
+        is_number = _is_int(value) or isinstance(value, float)
+        ok, expected = is_number and math.isfinite(value) and value >= 0, "a number >= 0"
+    elif isinstance(default, list):
+        ok, expected = isinstance(value, list) and all(_is_int(v) and v >= 1 for v in value), "a list of integers >= 1"
+    elif isinstance(default, str):
+        ok, expected = isinstance(value, str), "a string"
+    else:
+        return
+    if not ok:
+        raise ValueError(f"Config {name!r} must be {expected}, got {value!r}.")
+
+
+def _check_values(config: dict, defaults: dict = DEFAULTS, where: str = "") -> None:
+    """Every value of a filled-in recipe against its default (`_check_value`), section by section."""
+    for key, default in defaults.items():
+        if isinstance(default, dict):
+            if config[key] is not None:
+                _check_values(config[key], default, f"{where}{key}.")
+        else:
+            _check_value(config[key], default, f"{where}{key}")
 
 
 def _merge(defaults: dict, given: dict, where: str) -> dict:
@@ -116,12 +166,16 @@ def load_config(source: str | Path | dict, overrides: dict | None = None) -> dic
         path = Path(source)
         if not path.is_file():
             raise ValueError(f"Config file {str(path)!r} does not exist.")
-        given = yaml.safe_load(path.read_text()) or {}
+        try:
+            given = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as error:
+            raise ValueError(f"Config file {str(path)!r} is not valid YAML: {' '.join(str(error).split())}") from None
         if not isinstance(given, dict):
             raise ValueError(f"Config file {str(path)!r} must hold a mapping, got {type(given).__name__}.")
     config = _merge(DEFAULTS, given, "")
     if overrides:
         config = _merge(config, overrides, "")
+    _check_values(config)
     data = config["data"]
     if (data["dataset"] is None) == (data["path"] is None):
         raise ValueError("Config 'data' needs exactly one of 'dataset' (a procedural dataset) or 'path' (a folder).")
