@@ -22,8 +22,6 @@ def _interventions(schema, text: str | None) -> dict:
 def _edit_kwargs(args) -> dict:
     import torch
 
-    if args.show_mask and args.preserve == "none":
-        raise ValueError("--show-mask draws the preservation mask, which --preserve none turns off.")
     kwargs = {} if args.mask_threshold is None else {"mask_threshold": args.mask_threshold}
     return {
         **kwargs,
@@ -141,6 +139,8 @@ def _edit(args) -> None:
         raise ValueError("edit needs exactly one of --image (one file) or --input-dir (a folder of images).")
     if args.image is not None and args.out is None:
         raise ValueError("edit --image needs --out (the PNG to write).")
+    if args.show_mask and args.preserve == "none":
+        raise ValueError("--show-mask draws the preservation mask, which --preserve none turns off.")
     if args.image is not None:
         _check_edit_out(args)
     else:
