@@ -31,7 +31,7 @@ def load_pipeline(model: str | Path = "default", device: str | torch.device = "c
     path = model_path(model)
     _check_components(path)
     try:
-        pipe = CounterfactualDiffusionPipeline.from_pretrained(path, dtype=torch.float32)
+        pipe = CounterfactualDiffusionPipeline.from_pretrained(path, dtype=torch.float32, use_safetensors=True)
     except OSError as error:  # unreadable JSON or weights
         raise ValueError(f"Cannot load model {str(path)!r}: {str(error).strip().splitlines()[0]}") from None
     pipe.set_progress_bar_config(disable=True)
@@ -39,7 +39,8 @@ def load_pipeline(model: str | Path = "default", device: str | torch.device = "c
 
 
 def _check_components(path: Path) -> None:
-    """`path/model_index.json` must be valid JSON and each component it lists must have its folder.
+    """`path/model_index.json` must be valid JSON and each component it lists must have its folder, with safetensors
+    weights where it has weights.
 
     Raises:
         ValueError: Naming the file or the missing folder.
@@ -55,15 +56,35 @@ def _check_components(path: Path) -> None:
     missing = [name for name in listed if not (path / name).is_dir()]
     if missing:
         raise ValueError(f"Model {str(path)!r} lacks the folders {missing} that its model_index.json lists")
+    _check_no_pickle_weights(path, listed)
+
+
+def _check_no_pickle_weights(path: Path, components: list[str]) -> None:
+    """Refuses a component whose weights are only pickle files (`.bin`, `.pt`, `.ckpt`): unpickling can run
+    arbitrary code, so pipelines load safetensors only.
+
+    Raises:
+        ValueError: Naming the component folder and its pickle files.
+    """
+    for name in components:
+        folder = path / name
+        pickles = sorted(p.name for p in folder.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt"))
+        if pickles and not any(p.suffix == ".safetensors" for p in folder.iterdir()):
+            raise ValueError(
+                f"Model component {str(folder)!r} holds its weights only as pickle files {pickles}, which "
+                "cf-diffusion never loads (unpickling can run code); expected .safetensors weights (convert them with "
+                "`safetensors.torch.save_file`)"
+            )
 
 
 def load_examples(model: str | Path = "default") -> list[dict]:
     """The example images a model folder ships (`examples/examples.jsonl`): dicts with `image` (PIL) and `factors`."""
-    from cf_diffusion.reading import read_image
+    from cf_diffusion.reading import contained_path, read_image
 
     folder = model_path(model) / "examples"
     index = folder / "examples.jsonl"
     if not index.is_file():
         raise ValueError(f"Model {str(model)!r} ships no example images ({index} is missing).")
     rows = [json.loads(line) for line in index.read_text().splitlines() if line.strip()]
-    return [{"image": read_image(folder / row["file_name"]), "factors": row["factors"]} for row in rows]
+    paths = [contained_path(folder, row["file_name"], f"{index} row {i}") for i, row in enumerate(rows)]
+    return [{"image": read_image(path), "factors": row["factors"]} for path, row in zip(paths, rows, strict=True)]

@@ -21,7 +21,7 @@ def load_stage_vae(config: dict) -> AutoencoderKL | None:
         return None
     stages = Path(config["output_dir"]) / "stages"
     refined = (stages / "decoder" / "DONE").is_file()
-    return AutoencoderKL.from_pretrained(stages / ("decoder" if refined else "vae") / "vae")
+    return AutoencoderKL.from_pretrained(stages / ("decoder" if refined else "vae") / "vae", use_safetensors=True)
 
 
 def diffusion_from_checkpoint(
@@ -60,11 +60,11 @@ def assemble_pipeline(config: dict, checkpoint: str | Path | None = None) -> Cou
             (to look at a run while it trains).
     """
     stages = Path(config["output_dir"]) / "stages"
-    scm = NeuralCausalModel.from_pretrained(stages / "scm" / "scm")
+    scm = NeuralCausalModel.from_pretrained(stages / "scm" / "scm", use_safetensors=True)
     vae = load_stage_vae(config)
     if checkpoint is None:
-        unet = UNet2DConditionModel.from_pretrained(stages / "unet" / "unet")
-        factor_encoder = FactorEncoder.from_pretrained(stages / "unet" / "factor_encoder")
+        unet = UNet2DConditionModel.from_pretrained(stages / "unet" / "unet", use_safetensors=True)
+        factor_encoder = FactorEncoder.from_pretrained(stages / "unet" / "factor_encoder", use_safetensors=True)
     else:
         model = diffusion_from_checkpoint(config, checkpoint, scm.schema, vae)
         unet, factor_encoder = model.unet, model.factor_encoder
@@ -77,7 +77,9 @@ def assemble_pipeline(config: dict, checkpoint: str | Path | None = None) -> Cou
         factor_encoder=factor_encoder,
         scm=scm,
         vae=vae,
-        factor_predictor=FactorPredictor.from_pretrained(stages / "predictor" / "factor_predictor"),
+        factor_predictor=FactorPredictor.from_pretrained(
+            stages / "predictor" / "factor_predictor", use_safetensors=True
+        ),
         text_encoder=text_encoder,
         tokenizer=tokenizer,
         default_abduction=config["editing"]["abduction"],

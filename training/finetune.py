@@ -92,7 +92,7 @@ def load_pretrained_unet(
     Raises:
         ValueError: If the UNet does not take `channels`-channel latents.
     """
-    base = UNet2DConditionModel.from_pretrained(pretrained_folder(pretrained), subfolder="unet")
+    base = UNet2DConditionModel.from_pretrained(pretrained_folder(pretrained), subfolder="unet", use_safetensors=True)
     if base.config.in_channels != channels:
         raise ValueError(
             f"The UNet of 'unet.pretrained' {str(pretrained)!r} takes {base.config.in_channels}-channel latents, but "
@@ -109,7 +109,11 @@ def pretrained_noise_scheduler(pretrained: str | Path) -> DDPMScheduler:
 def load_text_components(pretrained: str | Path) -> tuple[CLIPTextModel, CLIPTokenizer]:
     """The pretrained folder's frozen CLIP text encoder (in eval mode) and its tokenizer."""
     folder = pretrained_folder(pretrained)
-    text_encoder = CLIPTextModel.from_pretrained(folder, subfolder="text_encoder").eval().requires_grad_(False)
+    text_encoder = (
+        CLIPTextModel.from_pretrained(folder, subfolder="text_encoder", use_safetensors=True)
+        .eval()
+        .requires_grad_(False)
+    )
     return text_encoder, CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer")
 
 

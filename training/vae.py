@@ -46,7 +46,7 @@ def encode_latents(vae: AutoencoderKL, data: TrainingData, batch_size: int = 256
 def load_or_train_vae(config: dict, data: TrainingData, accelerator: Accelerator, resume: str | None) -> AutoencoderKL:
     """The recipe's `vae.pretrained` folder when given (frozen, as in Stable Diffusion), else a newly trained one."""
     if config["vae"]["pretrained"] is not None:
-        return AutoencoderKL.from_pretrained(config["vae"]["pretrained"])
+        return AutoencoderKL.from_pretrained(config["vae"]["pretrained"], use_safetensors=True)
     return train_vae(config, data, accelerator, resume)
 
 

@@ -34,6 +34,7 @@ import torch
 from PIL import Image
 
 from cf_diffusion.factors import Factor, FactorSchema
+from cf_diffusion.reading import contained_path
 
 CELEBA_ATTRIBUTE_FILES = ("list_attr_celeba.txt", "CelebAMask-HQ-attribute-anno.txt")
 CELEBA_IMAGE_DIRS = ("img_align_celeba", "CelebA-HQ-img", "images", "img_celeba")
@@ -196,7 +197,7 @@ def _read_imagefolder(path: Path) -> _Source:
         [h for h in header if h != "file_name"],
         records,
         problems,
-        [path.parent / name for name in names],
+        [contained_path(path.parent, name, f"{path} row {row}") for row, name in enumerate(names)],
         names,
         Image.open,
         schema_file=schema_file if schema_file.is_file() else None,
@@ -235,9 +236,8 @@ def _read_celeba(path: Path, image_dir: str | Path | None) -> _Source:
         problems.append(problem)
     names = [cells[0] for cells in rows]
     defaults = {attribute: Factor.binary(attribute) for attribute in header}
-    return _Source(
-        str(path), header, records, problems, [Path(image_dir) / n for n in names], names, Image.open, defaults
-    )
+    refs = [contained_path(image_dir, name, f"{path} row {row}") for row, name in enumerate(names)]
+    return _Source(str(path), header, records, problems, refs, names, Image.open, defaults)
 
 
 def _read_idx(path: Path, dims: int) -> np.ndarray:

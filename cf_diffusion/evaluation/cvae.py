@@ -170,7 +170,7 @@ def load_cvae(cvae: str | os.PathLike | ConditionalVAE | None, schema: FactorSch
     if not isinstance(cvae, ConditionalVAE):
         if not (Path(cvae) / "config.json").is_file():
             raise ValueError(f"method 'cvae-scm': {os.fspath(cvae)!r} holds no conditional VAE (no config.json)")
-        cvae = ConditionalVAE.from_pretrained(cvae)
+        cvae = ConditionalVAE.from_pretrained(cvae, use_safetensors=True)
     if cvae.schema != schema:
         raise ValueError(
             f"method 'cvae-scm': the conditional VAE's factors {cvae.schema.to_dict()} differ from the model's "
