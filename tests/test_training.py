@@ -23,6 +23,7 @@ from pipeline_fixtures import EMBED_DIM, tiny_pipeline, tiny_text_components
 from cf_diffusion import CausalGraph, CounterfactualDiffusionPipeline
 from cf_diffusion.conditioning import FactorEncoder
 from cf_diffusion.data import available_datasets, get_dataset, make_dataset
+from cf_diffusion.scm import NeuralCausalModel
 from cf_diffusion.training import checkpoint as checkpoint_module
 from cf_diffusion.training import diffusion
 from cf_diffusion.training.assemble import assemble_pipeline, load_stage_vae
@@ -232,6 +233,57 @@ def test_train_resumes_a_killed_stage_through_the_command_path(tmp_path, monkeyp
         "checkpoint-2",
         "checkpoint-3",
     ]
+
+
+def _fit_scm(data, num_steps: int = 6, **kwargs) -> tuple[NeuralCausalModel, list[float]]:
+    torch.manual_seed(0)
+    scm = NeuralCausalModel(data.graph, data.schema, hidden_dim=8)
+    generator = torch.Generator().manual_seed(3)
+    losses = scm.fit(data.observational_table(), num_steps, 32, generator=generator, show_progress=False, **kwargs)
+    return scm, losses
+
+
+def test_an_interrupted_scm_fit_resumes_bit_identically(tmp_path):
+    data = load_training_data(tiny_recipe(tmp_path, latent=False))
+    uninterrupted, losses = _fit_scm(data)
+    saved = {}
+    _fit_scm(data, checkpoint=lambda step, state: saved.update({step: state}), checkpoint_steps=2)
+    assert sorted(saved) == [2, 4, 6]
+    save_checkpoint(tmp_path / "ckpt", 4, saved[4])  # through the checkpoint files, as a killed run would
+    _, state = load_checkpoint(tmp_path / "ckpt" / "checkpoint-4")
+    resumed, resumed_losses = _fit_scm(data, resume=state)
+    assert resumed_losses == losses
+    for key, value in uninterrupted.state_dict().items():
+        assert torch.equal(resumed.state_dict()[key], value), key
+    with pytest.raises(ValueError, match=r"other settings \(num_steps: 6 -> 8\)"):
+        _fit_scm(data, num_steps=8, resume=state)
+
+
+def test_train_resumes_a_killed_scm_stage_from_its_checkpoint(tmp_path, monkeypatch):
+    config = tiny_recipe(tmp_path / "a", latent=False, scm={"num_steps": 5})
+    train(config, stages=("scm",))
+    original = NeuralCausalModel._randint
+    calls = []
+
+    def killed_at_step_3(self, *args):
+        calls.append(1)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return original(self, *args)
+
+    killed = load_config(config, {"output_dir": str(tmp_path / "b")})
+    monkeypatch.setattr(NeuralCausalModel, "_randint", killed_at_step_3)
+    with pytest.raises(KeyboardInterrupt):
+        train(killed, stages=("scm",))
+    checkpoints = tmp_path / "b" / "checkpoints" / "scm"
+    assert [p.name for p in list_checkpoints(checkpoints)] == ["checkpoint-2"]
+    calls.clear()
+    assert train(killed, resume_from_checkpoint="latest", stages=("scm",)) is None
+    assert len(calls) == 3  # steps 3 to 5 only
+    models = [NeuralCausalModel.from_pretrained(tmp_path / run / "stages" / "scm" / "scm") for run in "ab"]
+    for key, value in models[0].state_dict().items():
+        assert torch.equal(models[1].state_dict()[key], value), key
+    assert [p.name for p in list_checkpoints(checkpoints)] == ["checkpoint-2", "checkpoint-4", "checkpoint-5"]
 
 
 def test_editing_weights_for_unknown_factors_fail_before_training(tmp_path):

@@ -2,8 +2,9 @@
 
 Stages, in order: `scm` (NeuralCausalModel.fit on the factor table), `vae` (skipped when the recipe says `vae: null`,
 i.e. pixel space), `decoder` (the VAE's decoder refined with its encoder frozen; only with `vae.decoder_num_steps`),
-`unet` (UNet2DConditionModel + FactorEncoder), `predictor` (FactorPredictor). A finished stage is
-saved under `output_dir/stages/{name}` and reused by later runs; an unfinished one resumes from its checkpoints when
+`unet` (UNet2DConditionModel + FactorEncoder), `predictor` (FactorPredictor). Every stage (the scm stage too) writes
+checkpoints. A finished stage is saved under `output_dir/stages/{name}` and reused by later runs; an unfinished one
+resumes from its checkpoints when
 `resume_from_checkpoint` is given (a fresh run over an earlier run's checkpoints is refused). The assembled pipeline
 goes to `output_dir/pipeline`.
 
@@ -19,7 +20,6 @@ import json
 import time
 from pathlib import Path
 
-import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 
@@ -168,24 +168,9 @@ def train(
 def _run_stage(name: str, config: dict, data, accelerator: Accelerator, resume: str | None) -> dict:
     """Runs one stage; returns its trained models by component name."""
     if name == "scm":
-        from cf_diffusion.scm import NeuralCausalModel
+        from cf_diffusion.training.scm import train_scm
 
-        scm_config = config["scm"]
-        scm = NeuralCausalModel(
-            graph=data.graph,
-            schema=data.schema,
-            hidden_dim=scm_config["hidden_dim"],
-            confounder_dim=scm_config["confounder_dim"],
-        )
-        scm.fit(
-            data.observational_table(),
-            num_steps=scm_config["num_steps"],
-            batch_size=scm_config["batch_size"],
-            lr=scm_config["lr"],
-            generator=torch.Generator().manual_seed(config["seed"]),
-            show_progress=accelerator.is_local_main_process,
-        )
-        return {"scm": scm}
+        return {"scm": train_scm(config, data, accelerator, resume)}
     if name == "vae":
         from cf_diffusion.training.vae import load_or_train_vae
 
