@@ -1,29 +1,27 @@
 """cf-diffusion: causal counterfactual image editing with diffusers.
 
-Importing the package also registers `CounterfactualDiffusionPipeline` with diffusers, so a saved pipeline folder
-loads through the generic `DiffusionPipeline.from_pretrained` as well.
+The public names are imported on first use, so the causal core (`cf_diffusion.graph`) loads without diffusers.
+Importing `cf_diffusion.pipelines` (or using `cf_diffusion.CounterfactualDiffusionPipeline`) registers the
+pipeline with diffusers, so a saved pipeline folder loads through the generic `DiffusionPipeline.from_pretrained`
+as well.
 """
 
-from cf_diffusion.conditioning import FactorEncoder
-from cf_diffusion.factors import Factor, FactorSchema, UnknownFactorError
-from cf_diffusion.graph import CausalGraph
-from cf_diffusion.pipelines import CounterfactualDiffusionPipeline, CounterfactualPipelineOutput
-from cf_diffusion.predictor import FactorPredictor
-from cf_diffusion.scm import NeuralCausalModel
-from cf_diffusion.scm.bounds import Bounds, counterfactual_bounds
+from cf_diffusion.lazy import lazy_exports
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "Bounds",
-    "CausalGraph",
-    "CounterfactualDiffusionPipeline",
-    "CounterfactualPipelineOutput",
-    "Factor",
-    "FactorEncoder",
-    "FactorPredictor",
-    "FactorSchema",
-    "NeuralCausalModel",
-    "UnknownFactorError",
-    "counterfactual_bounds",
-]
+_EXPORTS = {
+    "Bounds": "cf_diffusion.scm.bounds",
+    "CausalGraph": "cf_diffusion.graph",
+    "CounterfactualDiffusionPipeline": "cf_diffusion.pipelines",
+    "CounterfactualPipelineOutput": "cf_diffusion.pipelines",
+    "Factor": "cf_diffusion.factors",
+    "FactorEncoder": "cf_diffusion.conditioning",
+    "FactorPredictor": "cf_diffusion.predictor",
+    "FactorSchema": "cf_diffusion.factors",
+    "NeuralCausalModel": "cf_diffusion.scm.ncm",
+    "UnknownFactorError": "cf_diffusion.factors",
+    "counterfactual_bounds": "cf_diffusion.scm.bounds",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -1,8 +1,26 @@
 """The `cf-diffusion` command: demo, edit, generate, train, data make, evaluate."""
 
 import argparse
+import importlib
 import sys
 from pathlib import Path
+
+
+class _LazyChoices:
+    """The argparse choices `module.name`, imported only when a value is checked or a subcommand's --help lists
+    them, so that building the parser (and `cf-diffusion --help`) imports no torch."""
+
+    def __init__(self, module: str, name: str):
+        self.module, self.name = module, name
+
+    def _values(self):
+        return getattr(importlib.import_module(self.module), self.name)
+
+    def __contains__(self, value) -> bool:
+        return value in self._values()
+
+    def __iter__(self):
+        return iter(self._values())
 
 
 def _demo(args) -> None:
@@ -224,7 +242,7 @@ def _data_make(args) -> None:
 
 
 def _evaluate(args) -> None:
-    from cf_diffusion.evaluation.harness import RESULT_FILES, evaluate
+    from cf_diffusion.evaluation.harness import DEFAULT_METHODS, METRICS, RESULT_FILES, evaluate
     from cf_diffusion.models import load_pipeline
     from cf_diffusion.outputs import check_output_folder
 
@@ -236,10 +254,10 @@ def _evaluate(args) -> None:
         load_pipeline(args.model),
         args.data,
         args.out,
-        metrics=args.metrics,
+        metrics=args.metrics or list(METRICS),
         n=args.n,
         steps=args.steps,
-        methods=args.methods,
+        methods=args.methods or list(DEFAULT_METHODS),
         seed=args.seed,
         guidance_scale=args.guidance,
         inception=args.inception,
@@ -344,14 +362,25 @@ def build_parser() -> argparse.ArgumentParser:
     make.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
     make.set_defaults(func=_data_make)
 
-    from cf_diffusion.evaluation.harness import DEFAULT_METHODS, METHODS, METRICS
-
     evaluate = commands.add_parser("evaluate", help="counterfactual metrics and baselines on a labelled data set")
     evaluate.add_argument("--model", default="default", help="'default', a shipped model name, or a pipeline folder")
     evaluate.add_argument("--data", required=True, help="a procedural dataset name or a folder from `data make`")
     evaluate.add_argument("--out", required=True, help="folder for results.json, results.md and results.png")
-    evaluate.add_argument("--metrics", nargs="+", choices=METRICS, default=list(METRICS))
-    evaluate.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(DEFAULT_METHODS))
+    harness = "cf_diffusion.evaluation.harness"
+    evaluate.add_argument(
+        "--metrics",
+        nargs="+",
+        choices=_LazyChoices(harness, "METRICS"),
+        metavar="METRIC",
+        help="any of %(choices)s (default: all)",
+    )
+    evaluate.add_argument(
+        "--methods",
+        nargs="+",
+        choices=_LazyChoices(harness, "METHODS"),
+        metavar="METHOD",
+        help="any of %(choices)s (default: all but cvae-scm, which needs --cvae)",
+    )
     evaluate.add_argument("--cvae", help="the cvae-scm method's model (from `python -m cf_diffusion.training.cvae`)")
     evaluate.add_argument("--n", type=int, default=64)
     evaluate.add_argument("--steps", type=int, nargs="+", default=[25], help="sampling steps (full run: 10 25 50)")

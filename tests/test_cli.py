@@ -225,3 +225,39 @@ def test_a_damaged_model_folder_is_one_error_line(damage, culprit, tmp_path, cap
     assert main(["generate", "--model", str(model), "--n", "1", "--out", str(tmp_path / "grid.png")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and culprit in err, err
+
+
+HEAVY = {"torch", "diffusers", "matplotlib", "scipy"}
+
+
+def _modules_after(code: str) -> set[str]:
+    """The heavy modules loaded by running `code` in a fresh interpreter."""
+    import subprocess
+    import sys
+
+    probe = f"{code}\nimport sys\nprint(*(m for m in {sorted(HEAVY)!r} if m in sys.modules), file=sys.stderr)"
+    run = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    return set(run.stderr.split())
+
+
+def test_help_imports_no_torch_diffusers_matplotlib_or_scipy():
+    code = "from cf_diffusion.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass"
+    assert _modules_after(code) == set()
+
+
+def test_evaluate_checks_metric_and_method_names_and_defaults_to_all(monkeypatch, tmp_path, capsys):
+    from cf_diffusion import models
+    from cf_diffusion.evaluation import harness
+
+    for flag in ("--metrics", "--methods"):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["evaluate", "--data", "colored-bars", "--out", str(tmp_path), flag, "speed"])
+        assert exit_info.value.code == 2 and "invalid choice: 'speed'" in capsys.readouterr().err
+    calls = []
+    monkeypatch.setattr(models, "load_pipeline", lambda name: name)
+    monkeypatch.setattr(harness, "evaluate", lambda *args, **kwargs: calls.append(kwargs))
+    assert main(["evaluate", "--data", "colored-bars", "--out", str(tmp_path)]) == 0
+    assert calls[0]["metrics"] == list(harness.METRICS) and calls[0]["methods"] == list(harness.DEFAULT_METHODS)
+    only = ["--methods", "cvae-scm", "--metrics", "realism"]
+    assert main(["evaluate", "--data", "d", "--out", str(tmp_path), *only]) == 0
+    assert calls[1]["metrics"] == ["realism"] and calls[1]["methods"] == ["cvae-scm"]

@@ -55,3 +55,16 @@ def test_shipped_models_carry_their_recipes_editing_settings():
         config = load_pipeline(name).config
         assert config.default_abduction == editing["abduction"], name
         assert config.default_guidance_scale == editing["guidance_scale"], name
+
+
+def test_the_causal_core_imports_without_diffusers_and_the_pipeline_on_first_use():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\nimport cf_diffusion.graph, cf_diffusion.scm.bounds\nassert 'diffusers' not in sys.modules\n"
+        "import cf_diffusion, diffusers\nassert not hasattr(diffusers, 'CounterfactualDiffusionPipeline')\n"
+        "from cf_diffusion import CounterfactualDiffusionPipeline\n"
+        "assert diffusers.CounterfactualDiffusionPipeline is CounterfactualDiffusionPipeline"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
