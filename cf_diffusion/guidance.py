@@ -1,14 +1,13 @@
 """How hard an edit is guided: one guidance weight per edited image, from per-factor weights.
 
 The pipeline regenerates with `eps = eps_ref + w (eps_cf - eps_ref)`. For a discrete factor, w > 1 sharpens the
-model's commitment to the new level, which a small model otherwise only half makes (an early colored-bars model:
-the colour took in 0-30% of edits at w = 1, in all of them at w = 3). For a continuous factor the conditional branch
-already points at the requested value, and w > 1 extrapolates past it (the shipped morpho model: `do(thickness)`
-takes in 98% of edits at w = 1, 42% at w = 3). So by default discrete factors are guided at `DISCRETE_GUIDANCE`
-and continuous ones at `CONTINUOUS_GUIDANCE`; an image's weight is the largest weight among the factors its edit
-changes (a descendant counts: it changes too). A model can carry its own weights, measured for it and saved with
-it (the pipeline's `default_guidance_scale`): they replace the defaults by kind, and a call's `guidance_scale`
-replaces both.
+model's commitment to the new level, which a small model otherwise only half makes. For a continuous factor the
+conditional branch already points at the requested value, and w > 1 extrapolates past it (BENCHMARKS.md, "Edit
+quality of the shipped colored-bars model" and "How the editing settings were chosen"). So by default discrete
+factors are guided at `DISCRETE_GUIDANCE` and continuous ones at `CONTINUOUS_GUIDANCE`; an image's weight is the
+largest weight among the factors its edit changes (a descendant counts: it changes too). A model can carry its own
+weights, chosen for it and saved with it (the pipeline's `default_guidance_scale`): they replace the defaults by
+kind, and a call's `guidance_scale` replaces both.
 """
 
 from collections.abc import Mapping

@@ -68,8 +68,8 @@ DEFAULT_NUM_INFERENCE_STEPS = 50
 DEFAULT_STRENGTH = 1.0
 DEFAULT_ABDUCTION = "ddim"
 DEFAULT_TILE_BATCH_SIZE = 8
-# DiffEdit's 0.5 keeps only the strongest effect: on the 64 px pendulum model at 1024 px it masked the lamp and left
-# the shadow in every scene; 0.1 moved it in 5 of 8 (BENCHMARKS.md, benchmarks/bench_shadow.py)
+# lower than DiffEdit's 0.5, which keeps only the strongest effect and leaves its weaker parts (a lamp's shadow)
+# unmasked (BENCHMARKS.md, "The shadow over 8 scenes, by mask threshold"; benchmarks/bench_shadow.py)
 DEFAULT_MASK_THRESHOLD = 0.1
 MASK_NOISE_LEVELS = (0.3, 0.5, 0.7)
 """Noise levels (fractions of the training schedule) at which `preserve="auto"` compares noise predictions."""

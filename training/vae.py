@@ -105,8 +105,8 @@ def train_decoder(
     The latents the diffusion model learns and samples are posterior means, but the joint stage trains the decoder on
     posterior samples and stops early; a decoder trained on the means alone draws them back sharper. The encoder and
     so the latents and `scaling_factor` do not change: a UNet trained on the joint stage's latents stays valid, and
-    this stage can run after it. (morpho: the joint stage's decoder thickened strokes thinner than 1.6 px by 0.38 px,
-    more than an edit's tolerance of 0.32 px; after 3,000 steps of this stage, by 0.22 px.)
+    this stage can run after it. (On morpho the joint stage's decoder thickened thin strokes by more than an edit's
+    tolerance; BENCHMARKS.md, "How the editing settings were chosen".)
     """
     vae_config = config["vae"]
     torch.manual_seed(config["seed"])

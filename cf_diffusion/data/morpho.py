@@ -107,7 +107,7 @@ class Morpho(ProceduralDataset):
         )
 
     def prepare(self) -> None:
-        """Thins every glyph of scikit-learn's digits (about a second) so that renders only look them up."""
+        """Thins every glyph of scikit-learn's digits once, so that renders only look them up."""
         _SKELETONS.get(np.arange(len(handwritten_digits()[1])))
 
     def sample_exogenous(self, n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
