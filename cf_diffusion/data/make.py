@@ -21,6 +21,7 @@ import json
 import multiprocessing
 import os
 import struct
+import sys
 import zlib
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
@@ -119,6 +120,59 @@ def _metadata_lines(dataset: ProceduralDataset, factors: dict[str, np.ndarray], 
     return "\n".join(lines) + "\n"
 
 
+def _row_sample(dataset: ProceduralDataset, n: int, resolution: int, seed: int) -> tuple[list[bytes], list[str], int]:
+    """A few rows as `make_dataset` writes them: PNG bytes, metadata lines, and the bytes of one row's factors and
+    noise as arrays. At most one render chunk is drawn."""
+    m = max(1, min(n, 4, CHUNK_PIXELS // resolution**2))
+    sample = dataset.sample(m, seed=seed, resolution=0)
+    images = dataset.render(sample.factors, sample.exogenous, resolution)
+    lines = _metadata_lines(dataset, sample.factors, _file_names(m)).splitlines()
+    arrays = sum(np.asarray(v).itemsize for v in (*sample.factors.values(), *sample.exogenous.values()))
+    return [png_bytes(image) for image in images], lines, arrays
+
+
+def estimate_make(dataset: ProceduralDataset, n: int, resolution: int, out: str | Path, seed: int = 0) -> dict:
+    """The disk and memory `make_dataset` needs for `n` rows, scaled up from a few rows rendered and encoded now.
+
+    Disk: the rows' PNG files (each rounded up to the file system's block), their metadata lines and their
+    exogenous noise. Memory: the process holds every row's factors and noise (twice while saving), its file name
+    (twice), and its metadata as Python values, a line, part of one string and of its bytes.
+
+    Returns:
+        {"disk": bytes, "memory": bytes}.
+    """
+    from cf_diffusion.resources import existing_parent
+
+    pngs, lines, arrays = _row_sample(dataset, n, resolution, seed)
+    block = os.statvfs(existing_parent(out)).f_frsize if hasattr(os, "statvfs") else 1
+    png = sum(-(-len(data) // block) * block for data in pngs) / len(pngs)
+    line = sum(len(text) + 1 for text in lines) / len(lines)
+    name = sys.getsizeof(str(Path(out).absolute() / IMAGE_DIR / f"{n - 1:08d}.png"))  # the longest, as _file_names
+    values = sum(sys.getsizeof(value) for value in json.loads(lines[0]).values())
+    disk = n * (png + line + arrays)
+    memory = n * (2 * arrays + 2 * name + values + 3 * line + sys.getsizeof(""))
+    return {"disk": int(disk), "memory": int(memory)}
+
+
+def check_make_fits(dataset: ProceduralDataset, n: int, resolution: int, out: str | Path, seed: int = 0) -> None:
+    """Refuses a `make_dataset` whose estimate (`estimate_make`) exceeds the free disk or the available memory.
+
+    Raises:
+        ValueError: One line with what it needs, what there is, and how many rows would fit.
+    """
+    from cf_diffusion.resources import available_memory, check_fits, free_disk
+
+    needs = estimate_make(dataset, n, resolution, out, seed)
+    has = {"disk": free_disk(out), "memory": available_memory()}
+    fits = min(int(n * has[key] / needs[key]) for key in needs if needs[key])
+    check_fits(
+        f"data make {dataset.name} --n {n} --resolution {resolution}",
+        needs,
+        has,
+        f"make fewer rows (about {fits} fit) or a lower --resolution",
+    )
+
+
 def make_dataset(
     name: str,
     n: int,
@@ -144,8 +198,9 @@ def make_dataset(
         The output folder.
 
     Raises:
-        ValueError: On an unknown dataset name, `n < 1`, a resolution out of range, `num_workers < 1`, or an
-            output folder that exists and is not empty.
+        ValueError: On an unknown dataset name, `n < 1`, a resolution out of range, `num_workers < 1`, an
+            output folder that exists and is not empty, or more rows than the free disk or the available memory
+            hold (`check_make_fits`, before anything is written).
     """
     from cf_diffusion.data import get_dataset
 
@@ -161,6 +216,7 @@ def make_dataset(
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ValueError(f"Output folder {str(out)!r} exists and is not empty; give a new or empty folder.")
+    check_make_fits(dataset, n, resolution, out, seed)
     (out / IMAGE_DIR).mkdir(parents=True, exist_ok=True)
 
     sample = dataset.sample(n, seed=seed, resolution=0)
