@@ -228,8 +228,10 @@ def _generate(args) -> None:
 
 
 def _train(args) -> None:
+    from cf_diffusion.training.loop import show_progress_notes
     from cf_diffusion.training.run import STAGES, train
 
+    show_progress_notes()
     path = train(args.config, args.resume_from_checkpoint, tuple(args.stages or STAGES))
     print(f"pipeline: {path}" if path else "stages finished; the pipeline is assembled once every stage is done")
 

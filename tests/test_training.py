@@ -387,6 +387,7 @@ def test_checkpoints_are_written_atomically(tmp_path, monkeypatch):
         ({"data": {"dataset": "morpho"}, "editing": {"abduction": "euler"}}, None, "'editing.abduction'.*'euler'"),
         ({"data": {"dataset": "morpho"}, "editing": {"guidance_scale": {"digit": -1}}}, None, "'editing.guidance"),
         ({"data": {"dataset": "morpho"}, "editing": {"guidance_scale": "high"}}, None, "'editing.guidance_scale'"),
+        ({"data": {"dataset": "morpho"}, "unet": {"prediction_type": "x0"}}, None, "'unet.prediction_type'.*'x0'"),
         (
             {"data": {"dataset": "morpho"}, "training": {"checkpointing_steps": 0}},
             None,

@@ -1,9 +1,9 @@
 """Resumable training state in safetensors + JSON (no pickle), written atomically.
 
 A checkpoint is a folder `checkpoint-{step}` holding `state.safetensors` (every tensor: model weights, optimizer
-moments, EMA shadow weights, RNG state) and `state.json` (everything else: step, optimizer hyper-parameters). It is
-written to a temporary folder and renamed into place, so a run killed at any moment leaves either the previous
-checkpoint or the new one, never half of one.
+moments, EMA shadow weights, the CPU's and CUDA devices' RNG states) and `state.json` (everything else: step,
+optimizer hyper-parameters). It is written to a temporary folder and renamed into place, so a run killed at any
+moment leaves either the previous checkpoint or the new one, never half of one.
 """
 
 import json

@@ -91,6 +91,8 @@ DEFAULTS: dict = {
 }
 
 _OPTIONAL_SECTIONS = ("vae",)
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+"""What the UNet can learn to output: the noise, the velocity or the clean sample (`diffusion.diffusion_target`)."""
 # integer keys that may be 0; every other integer key must be >= 1
 _ZERO_ALLOWED = (
     "seed",
@@ -188,6 +190,7 @@ def load_config(source: str | Path | dict, overrides: dict | None = None) -> dic
             "images cannot be re-rendered under interventions."
         )
     _check_editing(config["editing"])
+    check_prediction_type(config["unet"]["prediction_type"], "Config 'unet.prediction_type'")
     pretrained = config["unet"]["pretrained"]
     if pretrained is not None:
         if config["vae"] is None:
@@ -198,6 +201,12 @@ def load_config(source: str | Path | dict, overrides: dict | None = None) -> dic
         if config["vae"]["pretrained"] is None:
             config["vae"]["pretrained"] = str(Path(pretrained) / "vae")
     return config
+
+
+def check_prediction_type(prediction_type: str, where: str) -> None:
+    """Refuses a prediction type the training loss has no target for."""
+    if prediction_type not in PREDICTION_TYPES:
+        raise ValueError(f"{where} must be one of {list(PREDICTION_TYPES)}, got {prediction_type!r}.")
 
 
 def _check_editing(editing: dict) -> None:

@@ -14,13 +14,16 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
+from accelerate.logging import get_logger
 from accelerate.utils import set_seed
 from torch import nn
 
 from cf_diffusion.evaluation.cvae import ConditionalVAE
 from cf_diffusion.training.config import load_config
 from cf_diffusion.training.data import TrainingData, batch_indices, load_training_data, shard_indices
-from cf_diffusion.training.loop import Stage, run_stage
+from cf_diffusion.training.loop import Stage, run_stage, show_progress_notes
+
+logger = get_logger(__name__)
 
 
 class ConditionalVAELoss(nn.Module):
@@ -81,7 +84,7 @@ def train_recipe_cvae(config: str | Path | dict, out: str | Path | None = None, 
     if accelerator.is_main_process:
         cvae.save_pretrained(out)
     accelerator.wait_for_everyone()
-    accelerator.print(f"[cvae] finished in {time.perf_counter() - start:.0f} s: {out}")
+    logger.info(f"[cvae] finished in {time.perf_counter() - start:.0f} s: {out}")
     return out
 
 
@@ -93,6 +96,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", help="where the model goes (default: the recipe's output_dir/cvae)")
     parser.add_argument("--resume_from_checkpoint", "--resume-from-checkpoint", default=None)
     args = parser.parse_args(argv)
+    show_progress_notes()
     train_recipe_cvae(args.config, args.out, args.resume_from_checkpoint)
 
 

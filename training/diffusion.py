@@ -21,6 +21,7 @@ from torch import nn
 from cf_diffusion.conditioning import FactorEncoder
 from cf_diffusion.factors import FactorSchema
 from cf_diffusion.images import image_grid, save_image, to_uint8
+from cf_diffusion.training.config import check_prediction_type
 from cf_diffusion.training.data import TrainingData, batch_indices, shard_indices
 from cf_diffusion.training.finetune import (
     encode_prompts,
@@ -99,15 +100,33 @@ def build_unet(config: dict, sample_size: int, channels: int, num_factors: int) 
 
 def build_noise_scheduler(config: dict) -> DDPMScheduler:
     """The training noise schedule: cosine (so the last step carries almost no signal of the image), or the
-    pretrained model's own with `unet.pretrained`."""
-    if config["unet"]["pretrained"] is not None:
-        return pretrained_noise_scheduler(config["unet"]["pretrained"])
+    pretrained model's own with `unet.pretrained` (refused when its prediction type is none the loss knows)."""
+    pretrained = config["unet"]["pretrained"]
+    if pretrained is not None:
+        scheduler = pretrained_noise_scheduler(pretrained)
+        check_prediction_type(scheduler.config.prediction_type, f"The prediction_type of {pretrained}'s scheduler")
+        return scheduler
     return DDPMScheduler(
         num_train_timesteps=config["unet"]["num_train_timesteps"],
         beta_schedule="squaredcos_cap_v2",
         prediction_type=config["unet"]["prediction_type"],
         clip_sample=False,
     )
+
+
+def diffusion_target(
+    scheduler: DDPMScheduler, clean: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor
+) -> torch.Tensor:
+    """What the UNet learns to output for `scheduler.add_noise(clean, noise, timesteps)`, by the schedule's
+    prediction type: the noise (epsilon), the velocity (v_prediction) or the clean sample (sample)."""
+    prediction_type = scheduler.config.prediction_type
+    if prediction_type == "epsilon":
+        return noise
+    if prediction_type == "v_prediction":
+        return scheduler.get_velocity(clean, noise, timesteps)
+    if prediction_type == "sample":
+        return clean
+    raise ValueError(f"No training target for prediction_type {prediction_type!r}.")
 
 
 def training_targets(data: TrainingData, vae: AutoencoderKL | None) -> torch.Tensor:
@@ -128,7 +147,6 @@ def train_diffusion(
     unet = build_unet(config, targets.shape[-1], targets.shape[1], len(data.schema))
     model = ConditionedUNet(unet, factor_encoder)
     noise_scheduler = build_noise_scheduler(config)
-    prediction_type = noise_scheduler.config.prediction_type
     prompt_embeds = None
     if unet_config["pretrained"] is not None:
         text_encoder, tokenizer = load_text_components(unet_config["pretrained"])
@@ -150,7 +168,7 @@ def train_diffusion(
         noise = torch.randn_like(clean)
         timesteps = torch.randint(0, len(alphas), (clean.shape[0],), device=accelerator.device)
         noisy = noise_scheduler.add_noise(clean, noise, timesteps)
-        target = noise if prediction_type == "epsilon" else noise_scheduler.get_velocity(clean, noise, timesteps)
+        target = diffusion_target(noise_scheduler, clean, noise, timesteps)
         prompt = None if prompt_embeds is None else prompt_embeds.expand(clean.shape[0], -1, -1)
         return F.mse_loss(model(noisy, timesteps, factors, known, prompt), target)
 

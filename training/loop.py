@@ -1,11 +1,13 @@
 """The step loop every training stage shares: accumulation, clipping, EMA, checkpoints, resume, validation."""
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from accelerate import Accelerator
+from accelerate.logging import get_logger
 from tqdm.auto import tqdm
 
 from cf_diffusion.training.checkpoint import (
@@ -15,6 +17,33 @@ from cf_diffusion.training.checkpoint import (
     resolve_checkpoint,
     save_checkpoint,
 )
+
+logger = get_logger(__name__)
+
+
+def show_progress_notes() -> None:
+    """Sends the training modules' progress notes (a stage resumed or finished; INFO of `cf_diffusion.training`)
+    to stderr, one line each. The command-line entry points call it; a library leaves logging to its caller."""
+    notes = logging.getLogger("cf_diffusion.training")
+    if not notes.handlers:
+        notes.addHandler(logging.StreamHandler())
+        notes.setLevel(logging.INFO)
+
+
+def rng_state() -> dict:
+    """The random number generators' state: the CPU's (`rng`) and, with CUDA, every device's (`cuda_rng`)."""
+    state = {"rng": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda_rng"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    """Restores what `rng_state` saved; the device generators only where CUDA is there (a checkpoint written on
+    a machine without it, or before device states were kept, restores the CPU's alone)."""
+    torch.set_rng_state(state["rng"])
+    if "cuda_rng" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda_rng"][: torch.cuda.device_count()])
 
 
 @dataclass
@@ -42,7 +71,7 @@ class Stage:
         state = {
             "models": {k: accelerator.unwrap_model(m).state_dict() for k, m in self.models.items()},
             "optimizer": self.optimizer.state_dict(),
-            "rng": torch.get_rng_state(),
+            **rng_state(),
         }
         if self.lr_scheduler is not None:
             state["lr_scheduler"] = self.lr_scheduler.state_dict()
@@ -58,7 +87,7 @@ class Stage:
             self.lr_scheduler.load_state_dict(state["lr_scheduler"])
         if self.ema is not None:
             self.ema.load_state_dict(state["ema"])
-        torch.set_rng_state(state["rng"])
+        set_rng_state(state)
 
 
 def run_stage(
@@ -97,7 +126,7 @@ def run_stage(
     if path is not None:
         start, state = load_checkpoint(path)
         stage.load_state(state, accelerator)
-        accelerator.print(f"[{stage.name}] resumed from {path} at step {start}")
+        logger.info(f"[{stage.name}] resumed from {path} at step {start}")
     accumulation = accelerator.gradient_accumulation_steps
     progress = tqdm(
         range(start, num_steps),

@@ -21,12 +21,15 @@ import time
 from pathlib import Path
 
 from accelerate import Accelerator
+from accelerate.logging import get_logger
 from accelerate.utils import set_seed
 
 from cf_diffusion.guidance import factor_weights
 from cf_diffusion.training.checkpoint import check_fresh_start
 from cf_diffusion.training.config import load_config
 from cf_diffusion.training.data import load_training_data
+
+logger = get_logger(__name__)
 
 STAGES = ("scm", "vae", "decoder", "unet", "predictor")
 
@@ -150,7 +153,7 @@ def train(
             (output_dir / "stages" / name / "recipe.json").write_text(fingerprint)
             (output_dir / "stages" / name / "DONE").write_text(f"{time.perf_counter() - start:.0f} s\n")
         accelerator.wait_for_everyone()
-        accelerator.print(f"[{name}] finished in {time.perf_counter() - start:.0f} s")
+        logger.info(f"[{name}] finished in {time.perf_counter() - start:.0f} s")
     needed = [s for s in STAGES if not _skipped(config, s)]
     if not all(_finished(output_dir, s) for s in needed):
         accelerator.end_training()

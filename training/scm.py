@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
+from accelerate.logging import get_logger
 
 from cf_diffusion.scm import NeuralCausalModel
 from cf_diffusion.training.checkpoint import (
@@ -20,6 +21,8 @@ from cf_diffusion.training.checkpoint import (
 )
 from cf_diffusion.training.data import TrainingData
 
+logger = get_logger(__name__)
+
 
 def _resume_state(checkpoint_dir: Path, accelerator: Accelerator, resume: str | None) -> dict | None:
     """The fit state to continue from (None: a fresh fit, refused over an earlier run's checkpoints)."""
@@ -30,7 +33,7 @@ def _resume_state(checkpoint_dir: Path, accelerator: Accelerator, resume: str | 
     if path is None:
         return None
     step, state = load_checkpoint(path)
-    accelerator.print(f"[scm] resumed from {path} at step {step}")
+    logger.info(f"[scm] resumed from {path} at step {step}")
     return state
 
 
