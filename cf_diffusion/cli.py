@@ -1,4 +1,4 @@
-"""The `cf-diffusion` command: demo, edit, generate, train, data make, evaluate."""
+"""The `cf-diffusion` command: demo, edit, generate, train, data make, evaluate, serve."""
 
 import argparse
 import importlib
@@ -269,6 +269,14 @@ def _evaluate(args) -> None:
     print(f"wrote {args.out}/results.json, results.md, results.png")
 
 
+def _serve(args) -> None:
+    try:
+        from cf_diffusion.web_app import serve
+    except ImportError as error:
+        raise ValueError(f"serve needs gradio ({error}): pip install 'cf-diffusion[web]'") from None
+    serve(args.model, args.host, args.port)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of `cf-diffusion`."""
     parser = argparse.ArgumentParser(prog="cf-diffusion", description="Causal counterfactual image editing.")
@@ -394,6 +402,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--holdout", type=int, help="edit only the folder's last N rows (those a recipe's data.holdout kept out)"
     )
     evaluate.set_defaults(func=_evaluate)
+
+    serve = commands.add_parser("serve", help="a browser demo: edit and generate in a page (needs the [web] extra)")
+    serve.add_argument("--model", default="default", help="the model shown first: a shipped model or a folder")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 serves other machines too)")
+    serve.add_argument("--port", type=int, default=7860)
+    serve.set_defaults(func=_serve)
     return parser
 
 

@@ -409,25 +409,32 @@ class CausalGraph:
                 positions[node] = (k - (len(members) - 1) / 2, -float(d))
         return positions
 
-    def draw(self, path_or_ax: str | Path | Any | None = None, values: dict[str, str] | None = None) -> Figure:
+    def draw(
+        self,
+        path_or_ax: str | Path | Any | None = None,
+        values: dict[str, str] | None = None,
+        colors: dict[str, str] | None = None,
+    ) -> Figure:
         """Draws the graph with matplotlib (Agg): layered by causal depth, confounders as dashed curved arcs.
 
         Args:
             path_or_ax: `None` (only return the figure), a file path (also save a PNG there) or a matplotlib
                 Axes to draw into.
             values: Optional `{node: text}` printed under each node's name (e.g. factor values).
+            colors: Optional `{node: matplotlib colour}` filling those nodes' boxes (e.g. to highlight an
+                intervention); the others are light blue.
 
         Returns:
             The matplotlib Figure.
 
         Raises:
-            ValueError: If `values` names an unknown node.
+            ValueError: If `values` or `colors` names an unknown node.
         """
         from matplotlib.figure import Figure
         from matplotlib.patches import FancyArrowPatch
 
-        values = dict(values or {})
-        for node in values:
+        values, colors = dict(values or {}), dict(colors or {})
+        for node in [*values, *colors]:
             self._check_node(node)
         positions = self.layout()
         xs = [p[0] for p in positions.values()] or [0.0]
@@ -440,9 +447,9 @@ class CausalGraph:
             ax = path_or_ax
             fig = ax.figure
         ax.set_axis_off()
-        box = dict(boxstyle="round,pad=0.4", facecolor="#e8f0fe", edgecolor="#1a4f9c")
         for node, (x, y) in positions.items():
             label = node if node not in values else f"{node}\n{values[node]}"
+            box = dict(boxstyle="round,pad=0.4", facecolor=colors.get(node, "#e8f0fe"), edgecolor="#1a4f9c")
             ax.text(x, y, label, ha="center", va="center", fontsize=11, bbox=box, zorder=3)
         arrow = dict(shrinkA=18, shrinkB=18, mutation_scale=14, zorder=2)
         for a, b in self._directed:

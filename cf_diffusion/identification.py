@@ -262,10 +262,14 @@ def _solve(
     return bounds, "; ".join(notes) or None
 
 
-def format_identification(entry: EditIdentification, counterfactual: Mapping[str, Any]) -> str:
-    """A small text table of one image's identification; `counterfactual` holds its counterfactual factor values."""
-    header = ("factor", "role", "identified", "value", "model", "bounds / 5-95%")
-    rows = [header]
+IDENTIFICATION_COLUMNS = ("factor", "role", "identified", "value", "model", "bounds / 5-95%")
+"""The columns of `identification_rows`."""
+
+
+def identification_rows(entry: EditIdentification, counterfactual: Mapping[str, Any]) -> list[tuple[str, ...]]:
+    """One image's identification as rows of text cells (`IDENTIFICATION_COLUMNS`), one per factor the edit changes
+    or may change; `counterfactual` holds the image's counterfactual factor values."""
+    rows = []
     for name, item in entry.factors.items():
         value = counterfactual[name]
         text = f"{value:.3g}" if isinstance(value, float) else str(value)
@@ -278,6 +282,13 @@ def format_identification(entry: EditIdentification, counterfactual: Mapping[str
             span = f"[{item.interval[0]:.3g}, {item.interval[1]:.3g}]"
         role = "intervened" if item.intervened else "descendant"
         rows.append((name, role, "yes" if item.identified else "no", text, model, span))
+    return rows
+
+
+def format_identification(entry: EditIdentification, counterfactual: Mapping[str, Any]) -> str:
+    """A small text table of one image's identification; `counterfactual` holds its counterfactual factor values."""
+    header = IDENTIFICATION_COLUMNS
+    rows = [header, *identification_rows(entry, counterfactual)]
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows]
     if entry.kept:
