@@ -138,6 +138,28 @@ class FactorPredictor(ModelMixin, ConfigMixin):
                 losses.append(F.mse_loss(prediction, target.to(prediction.dtype)))
         return torch.stack(losses).mean()
 
+    def energy(self, images: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
+        """How far each image reads from its target factors: per image, the sum over factors of the cross-entropy
+        (discrete) or the squared error of the normalised value (continuous); differentiable in `images`, for
+        guidance toward the targets.
+
+        Args:
+            images: Tensor[B, C, H, W] in [-1, 1].
+            factors: Tensor[B, F] from `FactorSchema.encode`.
+
+        Returns:
+            Tensor[B].
+        """
+        outputs = self(images)
+        terms = []
+        for i, factor in enumerate(self.schema):
+            prediction, target = outputs[factor.name], factors[:, i]
+            if factor.is_discrete:
+                terms.append(F.cross_entropy(prediction, target.round().long(), reduction="none"))
+            else:
+                terms.append((prediction - target.to(prediction.dtype)) ** 2)
+        return torch.stack(terms, dim=1).sum(dim=1)
+
     @torch.no_grad()
     def predict(self, images: torch.Tensor) -> torch.Tensor:
         """The most likely level of each discrete factor and the clamped value of each continuous one.

@@ -45,6 +45,7 @@ from cf_diffusion.conditioning import FactorEncoder
 from cf_diffusion.factors import FactorSchema
 from cf_diffusion.guidance import GuidanceScale, edit_guidance, factor_weights, is_weight
 from cf_diffusion.identification import identify_edits
+from cf_diffusion.images import padding_box
 from cf_diffusion.inversion import (
     ModelFn,
     ddim_invert,
@@ -113,6 +114,14 @@ def _dtypes_looked_up_once(method: Callable) -> Callable:
     return wrapper
 
 
+def _check_predictor_guidance(value: Any, predictor: FactorPredictor | None, name: str) -> None:
+    """A predictor guidance scale must be a number >= 0, and a positive one needs a factor predictor."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
+        raise ValueError(f"{name} must be a number >= 0 (0 disables predictor guidance), got {value!r}")
+    if value > 0 and predictor is None:
+        raise ValueError(f"{name}={value!r} needs a factor_predictor, and the pipeline has none")
+
+
 def _resize(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Images Tensor[B, C, H, W] in [-1, 1] resized to `size` (bicubic, antialiased when shrinking), in [-1, 1]."""
     if tuple(images.shape[-2:]) == tuple(size):
@@ -170,6 +179,8 @@ class CounterfactualDiffusionPipeline(DiffusionPipeline):
             and saved with it in `model_index.json`.
         default_guidance_scale: The model's own guidance weights (a number, or `{factor: w}`), used where a call
             gives none; None guides by factor kind (`cf_diffusion.guidance`). Saved in `model_index.json`.
+        default_predictor_guidance: The model's own `predictor_guidance` (see `__call__`), used where a call gives
+            none; 0 disables it. Saved in `model_index.json`.
     """
 
     model_cpu_offload_seq = "factor_predictor->text_encoder->factor_encoder->unet->vae"
@@ -190,8 +201,10 @@ class CounterfactualDiffusionPipeline(DiffusionPipeline):
         tokenizer: Any | None = None,
         default_abduction: str = DEFAULT_ABDUCTION,
         default_guidance_scale: GuidanceScale = None,
+        default_predictor_guidance: float = 0.0,
     ):
         super().__init__()
+        _check_predictor_guidance(default_predictor_guidance, factor_predictor, "default_predictor_guidance")
         if default_abduction not in _ABDUCTIONS:
             raise ValueError(f"default_abduction must be one of {list(_ABDUCTIONS)}, got {default_abduction!r}")
         factor_weights(factor_encoder.schema, None, default_guidance_scale)
@@ -222,7 +235,11 @@ class CounterfactualDiffusionPipeline(DiffusionPipeline):
             text_encoder=text_encoder,
             tokenizer=tokenizer,
         )
-        self.register_to_config(default_abduction=default_abduction, default_guidance_scale=default_guidance_scale)
+        self.register_to_config(
+            default_abduction=default_abduction,
+            default_guidance_scale=default_guidance_scale,
+            default_predictor_guidance=default_predictor_guidance,
+        )
         self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1) if vae is not None else 1
         self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor, do_resize=False)
         self._call_dtypes: dict[str, torch.dtype | None] | None = None
@@ -445,8 +462,8 @@ class CounterfactualDiffusionPipeline(DiffusionPipeline):
         if channels != self.image_channels or min(height, width) < size or height % multiple or width % multiple:
             raise ValueError(
                 f"image has shape (channels, height, width) = {tuple(image.shape[1:])}, but the model edits images "
-                f"of {self.image_channels} channel(s) at {size}x{size} pixels, or larger with sides multiples of "
-                f"{multiple} (pass working_size to edit other sizes at a size it can)"
+                f"of {self.image_channels} channel(s) at {size}x{size} pixels (smaller ones are padded to it), or "
+                f"larger with sides multiples of {multiple} (pass working_size to edit other sizes at a size it can)"
             )
 
     def _working_shape(self, height: int, width: int, working_size: int | None) -> tuple[int, int]:
@@ -550,6 +567,18 @@ class CounterfactualDiffusionPipeline(DiffusionPipeline):
             raise ValueError("image is an empty list; pass one image or a non-empty list of images")
         image = [_unit_range(i) for i in image] if isinstance(image, list) else _unit_range(image)
         return self.image_processor.preprocess(image).to(torch.float32)
+
+    def _pad_smaller(self, pixels: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int, int] | None]:
+        """Pixels Tensor[B, C, H, W] smaller than the model's size, padded to it as the training data was
+        (`cf_diffusion.images.pad_image`: centred on black, never upscaled), and the input's (top, left, bottom,
+        right) inside the padding, by which the edit is cropped back; other pixels as they are, and None."""
+        height, width = pixels.shape[-2:]
+        size = self.image_size
+        if max(height, width) > size or (height, width) == (size, size):
+            return pixels, None
+        top, left, bottom, right = padding_box(height, width, size)
+        padded = F.pad(pixels, (left, size - right, top, size - bottom), value=-1.0)
+        return padded, (top, left, bottom, right)
 
     def _factual_factors(self, factors: Any, pixels: torch.Tensor | None, device: torch.device) -> torch.Tensor:
         """The factual factors as Tensor[B, F] in `FactorSchema.encode` format (read off the images, resized to the
@@ -670,6 +699,32 @@ class CounterfactualDiffusionPipeline(DiffusionPipeline):
             return alpha_bar.sqrt() * model_output + (1 - alpha_bar).sqrt() * sample
         return (sample - alpha_bar.sqrt() * model_output) / (1 - alpha_bar).sqrt()
 
+    def _predictor_guided(
+        self, model_output: torch.Tensor, latents: torch.Tensor, t: torch.Tensor, targets: torch.Tensor, scale: float
+    ) -> torch.Tensor:
+        """`model_output` moved by predictor guidance toward `targets` Tensor[N, F] (see `__call__`'s
+        `predictor_guidance`), in the scheduler's prediction type."""
+        alpha_bar = self.scheduler.alphas_cumprod[int(t)].to(latents)
+        eps = self._predicted_noise(model_output, latents, t)
+        predictor = self.factor_predictor
+        size = predictor.config.sample_size
+        with torch.enable_grad():
+            x0 = ((latents - (1 - alpha_bar).sqrt() * eps) / alpha_bar.sqrt()).detach().requires_grad_(True)
+            pixels = (
+                x0
+                if self.vae is None
+                else self.vae.decode(x0.to(self._dtype("vae")) / self.vae.config.scaling_factor).sample
+            )
+            energy = predictor.energy(_resize(pixels.clamp(-1, 1), (size, size)).to(predictor.dtype), targets)
+            (gradient,) = torch.autograd.grad(energy.sum(), x0)
+        shift = scale * (1 - alpha_bar).sqrt() * gradient.to(eps.dtype)
+        prediction_type = self.scheduler.config.prediction_type
+        if prediction_type == "epsilon":
+            return model_output + shift
+        if prediction_type == "v_prediction":
+            return model_output + shift / alpha_bar.sqrt()
+        return model_output - shift * (1 - alpha_bar).sqrt() / alpha_bar.sqrt()
+
     @staticmethod
     def _stack_branches(
         reference_kwargs: dict[str, torch.Tensor], kwargs: dict[str, torch.Tensor]
@@ -707,6 +762,7 @@ class CounterfactualDiffusionPipeline(DiffusionPipeline):
         output_type: str,
         reference: torch.Tensor | None = None,
         pixel_mask: torch.Tensor | None = None,
+        box: tuple[int, int, int, int] | None = None,
     ) -> Any:
         """Samples -> images of `output_type` (latents are returned as they are for `"latent"`).
 
@@ -717,6 +773,8 @@ class CounterfactualDiffusionPipeline(DiffusionPipeline):
                 their size.
             pixel_mask: Tensor[N, 1, H, W] in [0, 1], or None: the images are `m * decoded + (1 - m) * reference`,
                 so where m is 0 they are the reference's pixels exactly.
+            box: (top, left, bottom, right) of the input inside its padding (`_pad_smaller`), or None: the images
+                are cropped to it.
         """
         if output_type == "latent":
             return latents
@@ -732,6 +790,9 @@ class CounterfactualDiffusionPipeline(DiffusionPipeline):
             images = _resize(images, reference.shape[-2:])
         if pixel_mask is not None:
             images = pixel_mask * images + (1 - pixel_mask) * reference
+        if box is not None:
+            top, left, bottom, right = box
+            images = images[..., top:bottom, left:right]
         return self.image_processor.postprocess(images, output_type=output_type)
 
     def _prepare_mask(
@@ -842,7 +903,8 @@ class CounterfactualDiffusionPipeline(DiffusionPipeline):
 
         Args:
             image: B images (PIL, or arrays / tensors in [0, 1]) with the model's channels, of the model's size or
-                larger (sides multiples of `size_multiple`, unless `working_size` is given).
+                larger (sides multiples of `size_multiple`, unless `working_size` is given); a smaller image is padded
+                to the model's size (centred on black) and its edit cropped back.
             factors: The factual factors: a dict of values (one image), a list of dicts (one per image) or a dict of
                 columns; None reads them off the images with the `factor_predictor`.
             num_inference_steps: Steps of the full schedule.
@@ -860,7 +922,7 @@ class CounterfactualDiffusionPipeline(DiffusionPipeline):
             InversionOutput, to pass to `__call__(inversion=...)` (any number of times; its images come out at the
             working size).
         """
-        pixels = self._preprocess_image(image)
+        pixels, _ = self._pad_smaller(self._preprocess_image(image))
         batch_size = pixels.shape[0]
         self.check_inputs(
             pixels,
@@ -945,6 +1007,7 @@ class CounterfactualDiffusionPipeline(DiffusionPipeline):
         working_size: int | None = None,
         tile_overlap: float | None = None,
         tile_batch_size: int = DEFAULT_TILE_BATCH_SIZE,
+        predictor_guidance: float | None = None,
     ) -> CounterfactualPipelineOutput | tuple:
         """Edits images counterfactually: what would each image have been had the intervened factors been different?
 
@@ -953,7 +1016,8 @@ class CounterfactualDiffusionPipeline(DiffusionPipeline):
 
         Args:
             image: B images (PIL, or arrays / tensors in [0, 1]) with the model's channels, of the model's size or
-                larger (sides multiples of `size_multiple`, unless `working_size` is given); not needed with
+                larger (sides multiples of `size_multiple`, unless `working_size` is given); a smaller image is padded
+                to the model's size (centred on black) and its edit cropped back; not needed with
                 `inversion`.
             interventions: `{name: value}` (level name, index or number; or one value per image) or
                 `{name: callable}` (a shift of the factual value, e.g. `lambda t: t + 1`). None or `{}` is the null
@@ -998,6 +1062,11 @@ class CounterfactualDiffusionPipeline(DiffusionPipeline):
                 the edit resized back to the image's size. None runs at the image's own size.
             tile_overlap: Fraction in [0, 1) of a tile shared with its neighbour (default 0.25, or the inversion's).
             tile_batch_size: Tiles per UNet call (memory against speed; the result does not depend on it).
+            predictor_guidance: Scale s >= 0 of guidance by the `factor_predictor` toward the whole counterfactual
+                vector (changed factors at their counterfactual values, the others at their factual ones), as in
+                Diff-SCM's anti-causal guidance: at each prediction step the predictor reads the denoised estimate
+                x0 (decoded, at its size), and `eps += s * sqrt(1 - alpha_bar) * grad_x0 energy`
+                (`FactorPredictor.energy`). None: the model's `default_predictor_guidance`; 0: none.
 
         Returns:
             CounterfactualPipelineOutput (or the tuple of its fields that are not None: `(images, factual_factors,
@@ -1012,11 +1081,11 @@ class CounterfactualDiffusionPipeline(DiffusionPipeline):
         if inversion is not None:
             if image is not None or factors is not None:
                 raise ValueError("pass either inversion or image (and factors), not both")
-            pixels, batch_size = None, inversion.factors.shape[0]
+            pixels, box, batch_size = None, None, inversion.factors.shape[0]
         else:
             if image is None:
                 raise ValueError("image is required (or an inversion from pipe.invert(...))")
-            pixels = self._preprocess_image(image)
+            pixels, box = self._pad_smaller(self._preprocess_image(image))
             batch_size = pixels.shape[0]
         self.check_inputs(
             pixels,
@@ -1038,6 +1107,9 @@ class CounterfactualDiffusionPipeline(DiffusionPipeline):
             inversion,
         )
         preserve = self._resolve_preserve(preserve, mask, pixels)
+        if predictor_guidance is None:
+            predictor_guidance = self.config.default_predictor_guidance
+        _check_predictor_guidance(predictor_guidance, self.factor_predictor, "predictor_guidance")
         self._interrupt = False
         device = self._execution_device
 
@@ -1097,6 +1169,8 @@ class CounterfactualDiffusionPipeline(DiffusionPipeline):
                 if self.interrupt:
                     continue
                 model_output = self._guided_model_output(model_fn, latents, t, kwargs, guided)
+                if predictor_guidance:
+                    model_output = self._predictor_guided(model_output, latents, t, counterfactual, predictor_guidance)
                 if noise_maps is None:
                     latents = ddim_step(self.scheduler, model_output, t, latents)
                 else:
@@ -1106,7 +1180,7 @@ class CounterfactualDiffusionPipeline(DiffusionPipeline):
                 latents = self._callback(callback_on_step_end, callback_on_step_end_tensor_inputs, i, t, latents)
 
         reference = None if pixels is None else pixels.to(device).repeat_interleave(num_counterfactuals, dim=0)
-        images = self._decode_latents(latents, output_type, reference, pixel_mask)
+        images = self._decode_latents(latents, output_type, reference, pixel_mask, box)
         self.maybe_free_model_hooks()
         output = CounterfactualPipelineOutput(
             images=images,

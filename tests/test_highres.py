@@ -214,7 +214,7 @@ def test_factor_predictor_reads_large_images_at_its_own_size():
 
 BAD_INPUTS = [
     ({"image": torch.rand(1, 3, 18, 18)}, r"image has shape .* \(3, 18, 18\).* sides multiples of 4"),
-    ({"image": torch.rand(1, 3, 12, 12)}, r"image has shape .* \(3, 12, 12\), but the model edits .* at 16x16"),
+    ({"image": torch.rand(1, 3, 12, 20)}, r"image has shape .* \(3, 12, 20\), but the model edits .* at 16x16"),
     ({"working_size": 8}, "working_size must be a multiple of 4 from the model's size 16 to the image's shorter"),
     ({"working_size": 64}, "working_size must be a multiple of 4 from the model's size 16 to the image's shorter"),
     ({"working_size": 30}, "working_size must be a multiple of 4"),

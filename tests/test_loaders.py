@@ -291,3 +291,16 @@ def test_hugging_face_dataset():
         assert LabeledImageDataset(unlabelled, skip_bad=True).report.counts() == {"unlabelled row": 1}
     with pytest.raises(ValueError, match="no image column 'picture'"):
         LabeledImageDataset(hf, image_column="picture")
+
+
+def test_images_no_larger_than_the_resolution_are_padded_not_resized(tmp_path):
+    folder = _imagefolder(tmp_path)
+    digit = np.zeros((28, 28), dtype=np.uint8)
+    digit[10:18, 13:15] = 200  # a 2-pixel-wide stroke
+    Image.fromarray(digit).save(folder / "a.png")
+    padded = LabeledImageDataset(folder, resolution=32, channels=1)[0]["pixel_values"][0]
+    assert padded.shape == (32, 32)
+    torch.testing.assert_close(padded[2:30, 2:30], torch.from_numpy(digit).float() / 127.5 - 1)
+    assert (padded[:2] == -1).all() and (padded[:, 30:] == -1).all()  # a black border, the stroke unchanged
+    wide = LabeledImageDataset(folder, resolution=32)[1]["pixel_values"]  # 20 x 12: centred, odd margins rounded down
+    assert wide.shape == (3, 32, 32) and (wide[1, 10:22, 6:26] == 1).all() and (wide[:, :10] == -1).all()

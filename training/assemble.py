@@ -84,4 +84,5 @@ def assemble_pipeline(config: dict, checkpoint: str | Path | None = None) -> Cou
         tokenizer=tokenizer,
         default_abduction=config["editing"]["abduction"],
         default_guidance_scale=config["editing"]["guidance_scale"],
+        default_predictor_guidance=config["editing"]["predictor_guidance"],
     )

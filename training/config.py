@@ -87,6 +87,7 @@ DEFAULTS: dict = {
     "editing": {
         "abduction": "ddim",  # or "ddpm"
         "guidance_scale": None,  # None (by factor kind), a number, or {factor: w} (cf_diffusion.guidance)
+        "predictor_guidance": 0.0,  # the pipeline's predictor_guidance (0: none)
     },
 }
 

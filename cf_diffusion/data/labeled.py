@@ -34,6 +34,7 @@ import torch
 from PIL import Image
 
 from cf_diffusion.factors import Factor, FactorSchema
+from cf_diffusion.images import pad_image
 from cf_diffusion.reading import contained_path
 
 CELEBA_ATTRIBUTE_FILES = ("list_attr_celeba.txt", "CelebAMask-HQ-attribute-anno.txt")
@@ -362,7 +363,8 @@ class LabeledImageDataset(torch.utils.data.Dataset):
         overrides: `{column: Factor or kind}` passed to `FactorSchema.infer` (ignored when a schema is given).
         columns: Factor columns to use (default: every label column); the other columns are not factors.
         resolution: Output side in pixels: the shorter side is resized to it (bicubic) and the image cropped to a
-            square (`crop`); None keeps the image's size.
+            square (`crop`); an image no larger than it is padded to it instead (`pad_image`: never upscaled, since
+            upscaling thickens strokes); None keeps the image's size.
         crop: "center", "random" (a fresh crop per access) or "none" (resize to a square, changing the aspect).
         channels: 3 (RGB) or 1 (greyscale).
         skip_bad: Skip bad rows (listed in `.report`) instead of raising.
@@ -533,7 +535,9 @@ class LabeledImageDataset(torch.utils.data.Dataset):
 
     def _transform(self, image: Image.Image) -> torch.Tensor:
         """Resizes and crops as configured: Tensor[C, H, W] in [-1, 1]."""
-        if self.resolution is not None:
+        if self.resolution is not None and max(image.size) <= self.resolution:
+            image = pad_image(image, self.resolution)
+        elif self.resolution is not None:
             size = self.resolution
             if self.crop == "none":
                 image = image.resize((size, size), Image.BICUBIC)
