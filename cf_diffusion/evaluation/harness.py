@@ -517,7 +517,7 @@ def read_factors(pipe, images: np.ndarray, batch_size: int = 64) -> dict[str, np
     return {name: values.numpy() for name, values in pipe.schema.denormalize(torch.cat(encoded)).items()}
 
 
-def _draw_targets(pipe, factual: Mapping[str, np.ndarray], name: str, values: np.ndarray, seed: int) -> dict:
+def draw_targets(pipe, factual: Mapping[str, np.ndarray], name: str, values: np.ndarray, seed: int) -> dict:
     """The counterfactual factors under `do(name = values)` from the pipeline's SCM (one draw per row), with
     continuous values clipped into their factor's range (model samples may leave it; the pipeline refuses them)."""
     schema = pipe.schema
@@ -741,7 +741,7 @@ def evaluate(
     for j, name in enumerate(edited_factors):
         edit = f"do({name})"
         values = shifted_values(schema[name], loaded.factors[name])
-        targets = _draw_targets(pipe, loaded.factors, name, values, seed + j)
+        targets = draw_targets(pipe, loaded.factors, name, values, seed + j)
         descendants = sorted(graph.descendants(name))
         info: dict[str, Any] = {
             "descendants": descendants,

@@ -1,0 +1,166 @@
+"""Edits of real Morpho-MNIST digits read by two independent readers, against the readers' own floors.
+
+    python benchmarks/bench_morphomnist.py --model cf_diffusion/assets/morphomnist --split test --n 256
+
+The held-out digits of `configs/morphomnist.yaml` (the folder's last 1,000 rows, never trained on) are split in two:
+`val` (the first 500), where editing settings are chosen (`--abduction`, `--guidance`, `--predictor-guidance` take
+several values and every combination is run), and `test` (the last 500), where the chosen settings are reported.
+
+Each edit is read twice: by the model's factor predictor, and by Morpho-MNIST morphometry measured off the image
+(`cf_diffusion.data.measure`: mean stroke thickness and median foreground intensity), which no learned model
+influences. A reader's floor is its error on the unedited digits against their labels; each figure is printed with
+its ratio to that floor. The edits, with targets from the model's causal model (one draw per row):
+- do(thickness): another thickness of the data (`shifted_values`); intensity read against the model's counterfactual
+  intensity, digit against the factual digit.
+- do(intensity): another intensity; thickness and digit read against their factual values.
+- do(digit): the next digit (d + 1 mod 10); thickness and intensity read against their factual values.
+- null: the edit with no intervention, its error in grey levels, and SSIM after 10 null edits in a row.
+"""
+
+import argparse
+import itertools
+import time
+
+import numpy as np
+import torch
+
+from cf_diffusion.data import LabeledImageDataset
+from cf_diffusion.data.measure import mean_stroke_thickness, median_foreground_intensity
+from cf_diffusion.evaluation.harness import draw_targets, read_factors, shifted_values
+from cf_diffusion.evaluation.image_distance import mae_255
+from cf_diffusion.evaluation.methods import EditOptions, Method, apply_method
+from cf_diffusion.evaluation.soundness import composition
+from cf_diffusion.models import model_path
+from cf_diffusion.pipelines import CounterfactualDiffusionPipeline
+
+HOLDOUT = 1000
+SPLITS = {"val": slice(-HOLDOUT, -HOLDOUT // 2), "test": slice(-HOLDOUT // 2, None)}
+EDITS = ("thickness", "intensity", "digit")
+NULL_EDITS = 10
+
+
+def load_rows(pipe, folder: str, split: str, n: int, seed: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """`n` seeded rows of the split: images float array[n, H, W, C] in [0, 1] (padded as the model was trained) and
+    their labels (level indices, raw units)."""
+    data = LabeledImageDataset(folder, schema=pipe.schema, resolution=pipe.image_size, channels=pipe.image_channels)
+    rows = np.arange(len(data))[SPLITS[split]]
+    rows = np.sort(np.random.default_rng(seed).choice(rows, size=min(n, len(rows)), replace=False))
+    images = torch.stack([data[int(i)]["pixel_values"] for i in rows])
+    table = data.factor_table()
+    labels = pipe.schema.to_values({k: [table[k][int(i)] for i in rows] for k in pipe.schema.names})
+    return ((images + 1) / 2).permute(0, 2, 3, 1).numpy(), {k: v.numpy() for k, v in labels.items()}
+
+
+def read(pipe, images: np.ndarray) -> dict[str, dict[str, np.ndarray]]:
+    """Both readers' readings: `{"predictor": {factor: array}, "morphometry": {thickness, intensity}}`."""
+    grey = images.mean(axis=-1) * 255.0
+    return {
+        "predictor": read_factors(pipe, images),
+        "morphometry": {"thickness": mean_stroke_thickness(grey), "intensity": median_foreground_intensity(grey)},
+    }
+
+
+def errors(readings: dict, targets: dict[str, np.ndarray]) -> dict[str, float]:
+    """Per reader and factor: accuracy for the digit, mean absolute error for thickness and intensity."""
+    out = {}
+    for reader, values in readings.items():
+        for name, read_values in values.items():
+            target = targets[name]
+            if name == "digit":
+                out[f"{reader}:digit"] = float(np.mean(read_values == target))
+            else:
+                out[f"{reader}:{name}"] = float(np.nanmean(np.abs(read_values - target)))
+    return out
+
+
+def edit_targets(pipe, labels: dict[str, np.ndarray], name: str, seed: int) -> dict[str, np.ndarray]:
+    """The counterfactual factors of do(name = another value) from the model's causal model."""
+    factor = pipe.schema[name]
+    values = (labels[name] + 1) % factor.num_levels if factor.is_discrete else shifted_values(factor, labels[name])
+    return draw_targets(pipe, labels, name, values, seed)
+
+
+def run_method(pipe, method: Method, options: EditOptions, images, labels, targets, intervened, seed, batch_size):
+    """The method's edits of every row, with one seeded generator per row: float array[N, H, W, C]."""
+    parts = []
+    for start in range(0, len(images), batch_size):
+        rows = slice(start, start + batch_size)
+        generators = [torch.Generator().manual_seed(seed + start + i) for i in range(len(images[rows]))]
+        factual = {k: v[rows] for k, v in labels.items()}
+        target = {k: v[rows] for k, v in targets.items()}
+        parts.append(apply_method(pipe, method, images[rows], factual, target, intervened, options, generators))
+    return np.concatenate(parts)
+
+
+def ratio_text(value: float, floor: float, digit: bool) -> str:
+    return f"{value:.3f}" if digit else f"{value:.3f} ({value / floor:.1f}x)"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="morphomnist", help="a shipped model name or a pipeline folder")
+    parser.add_argument("--data", default="../shared/data/morphomnist")
+    parser.add_argument("--split", choices=list(SPLITS), default="test")
+    parser.add_argument("--n", type=int, default=256)
+    parser.add_argument("--steps", type=int, default=25)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--methods", nargs="+", default=["ours", "regenerate", "no-scm"])
+    parser.add_argument("--abduction", nargs="+", default=[None], help="ddim / ddpm (default: the model's)")
+    parser.add_argument("--guidance", nargs="+", type=float, default=[None], help="one w for every factor")
+    parser.add_argument("--predictor-guidance", nargs="+", type=float, default=[None])
+    parser.add_argument("--edits", nargs="+", default=[*EDITS, "null"], choices=[*EDITS, "null"])
+    args = parser.parse_args()
+    torch.manual_seed(args.seed)
+    path = args.model if "/" in args.model else model_path(args.model)
+    pipe = CounterfactualDiffusionPipeline.from_pretrained(path)
+    pipe.set_progress_bar_config(disable=True)
+    images, labels = load_rows(pipe, args.data, args.split, args.n, args.seed)
+    floors = errors(read(pipe, images), labels)
+    columns = list(floors)
+    print(f"model {path}; {len(images)} rows of the {args.split} split; {args.steps} steps")
+    print("| edit | method | " + " | ".join(columns) + " | seconds |")
+    print("|---|---|" + "---|" * (len(columns) + 1))
+    print("| none | factual digits (floor) | " + " | ".join(f"{floors[c]:.3f}" for c in columns) + " | |")
+    settings = list(itertools.product(args.abduction, args.guidance, args.predictor_guidance))
+    null_rows = []
+    for edit in args.edits:
+        intervened = [] if edit == "null" else [edit]
+        targets = labels if edit == "null" else edit_targets(pipe, labels, edit, args.seed)
+        for name, (abduction, guidance, predictor_guidance) in itertools.product(args.methods, settings):
+            if name != "ours" and (guidance, predictor_guidance) != settings[0][1:]:
+                continue
+            method = Method(name, args.steps, abduction or pipe.config.default_abduction)
+            options = EditOptions(guidance_scale=guidance, predictor_guidance=predictor_guidance)
+            start = time.perf_counter()
+            edited = run_method(pipe, method, options, images, labels, targets, intervened, args.seed, args.batch_size)
+            seconds = time.perf_counter() - start
+            label = f"{method.name} w={guidance} s={predictor_guidance}" if name == "ours" else method.name
+            if edit == "null":
+                null_rows.append(f"| {label} | {null_figures(pipe, method, options, images, edited, labels, args)} |")
+                continue
+            scores = errors(read(pipe, edited), targets)
+            cells = [ratio_text(scores[c], floors[c], c.endswith("digit")) for c in columns]
+            print(f"| do({edit}) | {label} | " + " | ".join(cells) + f" | {seconds:.0f} |", flush=True)
+    if null_rows:
+        print(f"\n| method | null edit MAE255 | SSIM after {NULL_EDITS} null edits |\n|---|---|---|")
+        print("\n".join(null_rows))
+
+
+def null_figures(pipe, method: Method, options: EditOptions, images, edited, labels, args) -> str:
+    """The null edit's error in grey levels and, for methods that abduct, SSIM after `NULL_EDITS` null edits."""
+    pixels = torch.from_numpy(images).permute(0, 3, 1, 2)
+    error = mae_255(torch.from_numpy(edited).permute(0, 3, 1, 2), pixels).mean().item()
+    if method.kind == "regenerate":
+        return f"{error:.2f} | "
+
+    def null_edit(x: torch.Tensor) -> torch.Tensor:
+        out = run_method(pipe, method, options, x.permute(0, 2, 3, 1).numpy(), labels, labels, [], args.seed, 64)
+        return torch.from_numpy(out).permute(0, 3, 1, 2)
+
+    repeated = composition(null_edit, pixels, cycles=(NULL_EDITS,))[NULL_EDITS]
+    return f"{error:.2f} | {repeated['ssim']:.3f}"
+
+
+if __name__ == "__main__":
+    main()
