@@ -261,3 +261,21 @@ def test_evaluate_checks_metric_and_method_names_and_defaults_to_all(monkeypatch
     only = ["--methods", "cvae-scm", "--metrics", "realism"]
     assert main(["evaluate", "--data", "d", "--out", str(tmp_path), *only]) == 0
     assert calls[1]["metrics"] == ["realism"] and calls[1]["methods"] == ["cvae-scm"]
+
+
+def test_a_folder_whose_columns_are_not_the_graphs_nodes_is_refused_before_any_training(tmp_path, capsys):
+    import yaml
+
+    from cf_diffusion.data import make_dataset
+
+    folder = make_dataset("colored-bars", 6, 16, tmp_path / "bars", num_workers=1, show_progress=False)
+    recipe = {
+        "output_dir": str(tmp_path / "run"),
+        "data": {"path": str(folder), "resolution": 16, "factors": ["size", "bar"], "graph": "size -> colour"},
+    }
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    assert main(["train", "--config", str(tmp_path / "recipe.yaml")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "not in the graph: ['bar']" in err and "not in the data: ['colour']" in err
+    assert not (tmp_path / "run" / "stages").exists()

@@ -94,6 +94,10 @@ def load_training_data(config: dict) -> TrainingData:
             skip_bad=data["skip_bad"],
         )
         schema = folder.schema
+        if data["graph"] is None:
+            raise ValueError("Config 'data.graph' is required for a folder dataset (e.g. 'age -> hair; smile').")
+        graph = CausalGraph.parse(data["graph"])
+        _check_graph_matches(graph, schema, f"the folder {str(data['path'])!r}'s label columns")
         keep = len(folder) - data["holdout"]
         num_observational = None
         if not 0 < keep <= len(folder):
@@ -104,11 +108,7 @@ def load_training_data(config: dict) -> TrainingData:
         table = schema.to_values({k: v[:keep] for k, v in folder.factor_table().items()})
         pixels = torch.stack([folder[i]["pixel_values"] for i in range(keep)])
         images = ((pixels + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
-        if data["graph"] is None:
-            raise ValueError("Config 'data.graph' is required for a folder dataset (e.g. 'age -> hair; smile').")
-        graph = CausalGraph.parse(data["graph"])
-    if set(graph.nodes) != set(schema.names):
-        raise ValueError(f"The graph's nodes {graph.nodes} must be the factors {schema.names}.")
+    _check_graph_matches(graph, schema, "the factors")
     return TrainingData(
         images=images,
         table=table,
@@ -116,6 +116,16 @@ def load_training_data(config: dict) -> TrainingData:
         graph=graph,
         num_observational=num_observational,
     )
+
+
+def _check_graph_matches(graph: CausalGraph, schema: FactorSchema, what: str) -> None:
+    """The causal graph's nodes must be the data's factors, before any image is decoded or stage trained."""
+    if set(graph.nodes) != set(schema.names):
+        missing, extra = sorted(set(schema.names) - set(graph.nodes)), sorted(set(graph.nodes) - set(schema.names))
+        raise ValueError(
+            f"The graph's nodes {sorted(graph.nodes)} must be {what} {sorted(schema.names)} (not in the graph: "
+            f"{missing}; not in the data: {extra}); choose columns with 'data.factors' or fix 'data.graph'."
+        )
 
 
 def _interventional_sample(dataset, observed: dict[str, np.ndarray], n: int, seed: int, resolution: int):
