@@ -155,6 +155,29 @@ def test_the_page_builds_with_one_slot_per_factor():
     assert {"edit-button", "input-image", "output-image", "mask-image", "upload"} <= ids
 
 
+def test_the_page_handlers_switch_model_edit_and_refuse_bad_uploads(tmp_path, example):
+    gradio = pytest.importorskip("gradio")
+    from cf_diffusion.web_app import build_app
+
+    app = build_app(MODEL)
+    handlers = {f.name: f.fn for f in app.fns.values()}
+    switched = handlers["on_model"]("morpho")  # example, state, input, factual text, 4 x (dropdown, box, slider), ...
+    assert switched[3].startswith("digit=")
+    thickness_slider = switched[4 + 3 * 1 + 2]
+    assert (thickness_slider["visible"], thickness_slider["minimum"], thickness_slider["maximum"]) == (True, 0.5, 7.5)
+    assert switched[4 + 3 * 3]["visible"] is False  # morpho has 3 factors: the fourth slot is hidden
+    slots = [web.KEEP, False, 0, web.KEEP, False, 0, "red", False, 0, web.KEEP, False, 0]
+    text = "digit=1 size=small color=green bar=1"
+    edited, mask, graph, rows, summary = handlers["on_edit"](
+        MODEL, example["image"], text, STEPS, 0, False, *slots, progress=lambda *a, **k: None
+    )
+    assert edited.size == (32, 32) and mask["visible"] is False and rows[0][:2] == ["color", "intervened"]
+    not_an_image = tmp_path / "notes.txt"
+    not_an_image.write_text("hello")
+    with pytest.raises(gradio.Error, match="is not an image"):
+        handlers["on_upload"](MODEL, str(not_an_image))
+
+
 def test_serve_without_gradio_says_what_to_install(monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "gradio", None)
     monkeypatch.delitem(sys.modules, "cf_diffusion.web_app", raising=False)
