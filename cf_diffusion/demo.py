@@ -70,7 +70,8 @@ def run_demo(
         columns.append((f"do({factor.name})", out_.images, out_.counterfactual_factors, out_.identification))
     cells, captions = [], []
     for i, image in enumerate(images):
-        cells.append(np.asarray(image))
+        pixels = np.asarray(image)
+        cells.append(pixels[..., None] if pixels.ndim == 2 else pixels)
         factual_row = {name: out_.factual_factors[i][name] for name in schema.names}
         captions.append("factual\n" + _caption(factual_row, None))
         table.append({"example": i, "edit": "factual", **factual_row})
