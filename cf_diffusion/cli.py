@@ -167,6 +167,7 @@ def _edit(args) -> None:
     pipe = load_pipeline(args.model)
     interventions = _interventions(pipe.schema, args.do)
     factors = pipe.schema.parse(args.factors) if args.factors else None
+    _check_edit_memory(pipe, [image.size] if image is not None else _image_sizes(todo), args)
     if image is not None:
         result = pipe(image=image, factors=factors, interventions=interventions, **_edit_kwargs(args))
         if args.num_counterfactuals > 1:
@@ -192,6 +193,31 @@ def _edit(args) -> None:
     if state.is_main_process:
         done = f" ({skipped} already complete, skipped; --overwrite redoes them)" if skipped else ""
         print(f"edited {len(todo)} images into {args.output_dir}{done}")
+
+
+def _image_sizes(paths) -> list[tuple[int, int]]:
+    """(width, height) of each image file that can be opened (the others fail when they are edited)."""
+    from PIL import Image
+
+    sizes = []
+    for path in paths:
+        try:
+            with Image.open(path) as image:
+                sizes.append(image.size)
+        except OSError:
+            continue
+    return sizes
+
+
+def _check_edit_memory(pipe, sizes: list[tuple[int, int]], args) -> None:
+    """Refuses, before any diffusion, an edit whose largest image would not fit in the available memory."""
+    from cf_diffusion.resources import check_edit_fits
+
+    if sizes:
+        width, height = max(sizes, key=lambda size: size[0] * size[1])
+        check_edit_fits(
+            pipe, height, width, args.working_size, args.tile_batch_size, args.steps, args.num_counterfactuals
+        )
 
 
 def _open_image(path):
