@@ -5,6 +5,11 @@ import importlib
 import sys
 from pathlib import Path
 
+EVALUATE_QUICK_METRICS = ("effectiveness", "ground_truth", "consistency")
+"""`evaluate`'s default metrics (--full: every metric); the others run many more edits or reference images."""
+EVALUATE_QUICK_METHODS = ("ours-ddim", "regenerate")
+"""`evaluate`'s default methods (--full: all but cvae-scm): ours and the baseline without abduction."""
+
 
 class _LazyChoices:
     """The argparse choices `module.name`, imported only when a value is checked or a subcommand's --help lists
@@ -273,24 +278,28 @@ def _evaluate(args) -> None:
     from cf_diffusion.evaluation.harness import DEFAULT_METHODS, METRICS, RESULT_FILES, evaluate
     from cf_diffusion.models import load_pipeline
     from cf_diffusion.outputs import check_output_folder
+    from cf_diffusion.progress import progress_enabled
 
     out = check_output_folder(args.out, "--out")
     existing = [name for name in RESULT_FILES if (out / name).exists()]
     if existing and not args.overwrite:
         raise ValueError(f"--out {args.out!r} holds {existing} of an earlier evaluation; pass --overwrite to replace")
+    pipe = load_pipeline(args.model)
+    pipe.set_progress_bar_config(disable=True)  # one bar for the evaluation, not one per batch of edits
     evaluate(
-        load_pipeline(args.model),
+        pipe,
         args.data,
         args.out,
-        metrics=args.metrics or list(METRICS),
+        metrics=args.metrics or list(METRICS if args.full else EVALUATE_QUICK_METRICS),
         n=args.n,
         steps=args.steps,
-        methods=args.methods or list(DEFAULT_METHODS),
+        methods=args.methods or list(DEFAULT_METHODS if args.full else EVALUATE_QUICK_METHODS),
         seed=args.seed,
         guidance_scale=args.guidance,
         inception=args.inception,
         holdout=args.holdout,
         cvae=args.cvae,
+        show_progress=progress_enabled(True),
     )
     print(f"wrote {args.out}/results.json, results.md, results.png")
 
@@ -408,14 +417,14 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         choices=_LazyChoices(harness, "METRICS"),
         metavar="METRIC",
-        help="any of %(choices)s (default: all)",
+        help="any of %(choices)s (default: effectiveness ground_truth consistency; --full: all)",
     )
     evaluate.add_argument(
         "--methods",
         nargs="+",
         choices=_LazyChoices(harness, "METHODS"),
         metavar="METHOD",
-        help="any of %(choices)s (default: all but cvae-scm, which needs --cvae)",
+        help="any of %(choices)s (default: ours-ddim regenerate; --full: all but cvae-scm, which needs --cvae)",
     )
     evaluate.add_argument("--cvae", help="the cvae-scm method's model (from `python -m cf_diffusion.training.cvae`)")
     evaluate.add_argument("--n", type=int, default=64)
@@ -427,6 +436,12 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument(
         "--holdout", type=int, help="edit only the folder's last N rows (those a recipe's data.holdout kept out)"
     )
+    evaluate.add_argument(
+        "--full",
+        action="store_true",
+        help="every metric and method (all but cvae-scm) where --metrics/--methods are not given: tens of minutes; "
+        f"the default is {' '.join(EVALUATE_QUICK_METRICS)} on {' '.join(EVALUATE_QUICK_METHODS)}, a few minutes",
+    )
     evaluate.set_defaults(func=_evaluate)
 
     serve = commands.add_parser("serve", help="a browser demo: edit and generate in a page (needs the [web] extra)")
@@ -434,15 +449,26 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 serves other machines too)")
     serve.add_argument("--port", type=int, default=7860)
     serve.set_defaults(func=_serve)
+    _add_quiet(parser)
     return parser
+
+
+def _add_quiet(parser: argparse.ArgumentParser) -> None:
+    """`--quiet` (no progress bars) on every command that runs (the leaves of the subcommand tree)."""
+    commands = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    if not commands:
+        parser.add_argument("--quiet", action="store_true", help="no progress bars (none either when not a terminal)")
+    for action in commands:
+        for sub in dict.fromkeys(action.choices.values()):
+            _add_quiet(sub)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Runs the command; errors are one line on stderr and exit status 2 (Ctrl-C: "interrupted", status 130)."""
     args = build_parser().parse_args(argv)
-    from diffusers.utils import logging
+    from cf_diffusion.progress import set_progress
 
-    logging.disable_progress_bar()
+    set_progress(getattr(args, "quiet", False))
     try:
         args.func(args)
     except (ValueError, FileNotFoundError) as error:

@@ -27,6 +27,7 @@ def model_path(model: str | Path) -> Path:
 def load_pipeline(model: str | Path = "default", device: str | torch.device = "cpu"):
     """Loads a CounterfactualDiffusionPipeline in float32 (shipped weights are stored in float16 to stay small)."""
     from cf_diffusion.pipelines import CounterfactualDiffusionPipeline
+    from cf_diffusion.progress import progress_enabled
 
     path = model_path(model)
     _check_components(path)
@@ -34,7 +35,7 @@ def load_pipeline(model: str | Path = "default", device: str | torch.device = "c
         pipe = CounterfactualDiffusionPipeline.from_pretrained(path, dtype=torch.float32, use_safetensors=True)
     except OSError as error:  # unreadable JSON or weights
         raise ValueError(f"Cannot load model {str(path)!r}: {str(error).strip().splitlines()[0]}") from None
-    pipe.set_progress_bar_config(disable=True)
+    pipe.set_progress_bar_config(disable=not progress_enabled(False))  # the CLI's choice (cf_diffusion.progress)
     return pipe.to(device)
 
 

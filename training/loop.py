@@ -10,6 +10,7 @@ from accelerate import Accelerator
 from accelerate.logging import get_logger
 from tqdm.auto import tqdm
 
+from cf_diffusion.progress import progress_enabled
 from cf_diffusion.training.checkpoint import (
     check_fresh_start,
     load_checkpoint,
@@ -133,7 +134,7 @@ def run_stage(
         initial=start,
         total=num_steps,
         desc=stage.name,
-        disable=not accelerator.is_local_main_process,
+        disable=not accelerator.is_local_main_process or not progress_enabled(True),
     )
     trained = [p for m in stage.models.values() for p in m.parameters() if p.requires_grad]
     for step in progress:

@@ -11,6 +11,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.logging import get_logger
 
+from cf_diffusion.progress import progress_enabled
 from cf_diffusion.scm import NeuralCausalModel
 from cf_diffusion.training.checkpoint import (
     check_fresh_start,
@@ -59,7 +60,7 @@ def train_scm(config: dict, data: TrainingData, accelerator: Accelerator, resume
         batch_size=scm_config["batch_size"],
         lr=scm_config["lr"],
         generator=torch.Generator().manual_seed(config["seed"]),
-        show_progress=accelerator.is_local_main_process,
+        show_progress=accelerator.is_local_main_process and progress_enabled(True),
         checkpoint=save,
         checkpoint_steps=training["checkpointing_steps"],
         resume=state,

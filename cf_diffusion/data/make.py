@@ -33,6 +33,7 @@ from safetensors.numpy import load_file, save_file
 from tqdm.auto import tqdm
 
 from cf_diffusion.data.procedural import ProceduralDataset
+from cf_diffusion.progress import progress_enabled
 
 IMAGE_DIR = "images"
 MAX_CHUNK_ROWS = 256
@@ -234,7 +235,8 @@ def make_dataset(
         )
         for i in range(0, n, rows)
     ]
-    with tqdm(total=n, unit="img", desc=f"data make {name}", disable=not show_progress) as progress:
+    shown = show_progress and progress_enabled(True)
+    with tqdm(total=n, unit="img", desc=f"data make {name}", disable=not shown) as progress:
         if num_workers == 1 or len(jobs) == 1:
             for job in jobs:
                 progress.update(_render_chunk(*job))
