@@ -58,3 +58,10 @@ def test_evaluate_defaults_are_quick_and_full_runs_everything(env, tmp_path, mon
     assert (full["metrics"], full["methods"]) == (list(harness.METRICS), list(harness.DEFAULT_METHODS))
     assert (chosen["metrics"], chosen["methods"]) == (["realism"], ["sdedit"])
     assert quick["show_progress"] is False
+
+
+def test_a_progress_variable_set_beforehand_decides_instead_of_the_terminal(env):
+    env.setattr(sys.stderr, "isatty", lambda: False, raising=False)
+    env.setenv(progress.ENV, "1")
+    assert progress.set_progress(False) is True
+    assert progress.set_progress(True) is False
