@@ -109,12 +109,14 @@ def open_upload(path: str | Path, channels: int = 3) -> Image.Image:
     """The uploaded file at `path` as an image with `channels` (1 or 3) channels.
 
     Raises:
-        ValueError: When the file is not an image PIL can read.
+        ValueError: When the file is not an image PIL can read, or has so many pixels that PIL refuses it.
     """
     from cf_diffusion.reading import read_image
 
     try:
         return read_image(path, "RGB" if channels == 3 else "L")
+    except Image.DecompressionBombError:
+        raise ValueError(f"{Path(path).name!r} has too many pixels to edit here.") from None
     except OSError:
         raise ValueError(f"{Path(path).name!r} is not an image that can be read (PNG or JPEG, for example).") from None
 

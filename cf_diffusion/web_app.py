@@ -18,6 +18,8 @@ CSS = (
     "image-rendering: pixelated; } #generated img { image-rendering: pixelated; }"
 )
 """Small model images are shown enlarged, pixel for pixel."""
+MAX_UPLOAD = "20mb"
+"""Largest upload the page accepts."""
 THEME_FONTS = {"font": ["ui-sans-serif", "system-ui", "sans-serif"], "font_mono": ["ui-monospace", "monospace"]}
 """System fonts, so the page needs no font server (it works offline)."""
 
@@ -230,4 +232,5 @@ def serve(model: str = "default", host: str = "127.0.0.1", port: int = 7860) -> 
         theme=gr.themes.Default(**THEME_FONTS),
         css=CSS,
         footer_links=[],
+        max_file_size=MAX_UPLOAD,
     )

@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from cf_diffusion import web
-from cf_diffusion.cli import main
+from cf_diffusion.cli import build_parser, main
 from cf_diffusion.factors import Factor, FactorSchema
 
 MODEL = "colored-bars"
@@ -113,7 +113,7 @@ def test_generate(pipe):
     assert all("size=large" in caption for _, caption in samples)
 
 
-def test_bad_uploads_give_one_clear_message(pipe, tmp_path):
+def test_bad_uploads_give_one_clear_message(pipe, tmp_path, monkeypatch):
     text = tmp_path / "notes.png"
     text.write_text("not an image")
     with pytest.raises(ValueError, match=r"'notes.png' is not an image that can be read"):
@@ -122,6 +122,9 @@ def test_bad_uploads_give_one_clear_message(pipe, tmp_path):
     Image.new("RGB", (40, 40)).save(odd)
     with pytest.raises(ValueError, match=r"at 32x32 pixels"):
         web.read_factors(pipe, web.open_upload(odd))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 40 * 40 // 4)
+    with pytest.raises(ValueError, match=r"'odd.png' has too many pixels"):
+        web.open_upload(odd)
     gradio = pytest.importorskip("gradio")
     from cf_diffusion.web_app import shown_in_page
 
@@ -183,6 +186,7 @@ def test_serve_without_gradio_says_what_to_install(monkeypatch, capsys):
     monkeypatch.delitem(sys.modules, "cf_diffusion.web_app", raising=False)
     assert main(["serve"]) == 2
     assert "pip install 'cf-diffusion[web]'" in capsys.readouterr().err
+    assert build_parser().parse_args(["serve"]).host == "127.0.0.1"
 
 
 def _free_port() -> int:
@@ -215,7 +219,7 @@ def _browser():
     return webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
 
 
-def _wait_for_server(url: str, server: subprocess.Popen, log: Path, timeout: float = 240) -> None:
+def _wait_for_server(url: str, server: subprocess.Popen, log: Path, timeout: float = 600) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if server.poll() is not None:
@@ -257,6 +261,8 @@ def test_an_edit_in_a_headless_browser(tmp_path):
         driver.find_element(By.ID, "edit-button").click()
         edited = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#output-image img")).get_attribute("src")
         wait.until(lambda d: "descendant" in d.page_source)
+        resources = driver.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
+        assert [r for r in resources if not r.startswith((url, "data:", "blob:"))] == [], "the page works offline"
         before, after = _pixels(source), _pixels(edited)
         assert after.shape == before.shape == (32, 32, 3)
         assert np.abs(after - before).mean() > 1, "the edit differs from the input"
