@@ -26,6 +26,7 @@ import torch
 
 from cf_diffusion.data import LabeledImageDataset
 from cf_diffusion.data.measure import mean_stroke_thickness, median_foreground_intensity
+from cf_diffusion.evaluation.cvae import load_cvae
 from cf_diffusion.evaluation.harness import draw_targets, read_factors, shifted_values
 from cf_diffusion.evaluation.image_distance import mae_255
 from cf_diffusion.evaluation.methods import EditOptions, Method, apply_method
@@ -109,12 +110,14 @@ def main() -> None:
     parser.add_argument("--abduction", nargs="+", default=[None], help="ddim / ddpm (default: the model's)")
     parser.add_argument("--guidance", nargs="+", type=float, default=[None], help="one w for every factor")
     parser.add_argument("--predictor-guidance", nargs="+", type=float, default=[None])
+    parser.add_argument("--cvae", default=None, help="the cvae-scm baseline's folder (for --methods cvae-scm)")
     parser.add_argument("--edits", nargs="+", default=[*EDITS, "null"], choices=[*EDITS, "null"])
     args = parser.parse_args()
     torch.manual_seed(args.seed)
     path = args.model if "/" in args.model else model_path(args.model)
     pipe = CounterfactualDiffusionPipeline.from_pretrained(path)
     pipe.set_progress_bar_config(disable=True)
+    cvae = load_cvae(args.cvae, pipe.schema) if "cvae-scm" in args.methods else None
     images, labels = load_rows(pipe, args.data, args.split, args.n, args.seed)
     floors = errors(read(pipe, images), labels)
     columns = list(floors)
@@ -131,7 +134,7 @@ def main() -> None:
             if name != "ours" and (guidance, predictor_guidance) != settings[0][1:]:
                 continue
             method = Method(name, args.steps, abduction or pipe.config.default_abduction)
-            options = EditOptions(guidance_scale=guidance, predictor_guidance=predictor_guidance)
+            options = EditOptions(guidance_scale=guidance, predictor_guidance=predictor_guidance, cvae=cvae)
             start = time.perf_counter()
             edited = run_method(pipe, method, options, images, labels, targets, intervened, args.seed, args.batch_size)
             seconds = time.perf_counter() - start
@@ -148,10 +151,10 @@ def main() -> None:
 
 
 def null_figures(pipe, method: Method, options: EditOptions, images, edited, labels, args) -> str:
-    """The null edit's error in grey levels and, for methods that abduct, SSIM after `NULL_EDITS` null edits."""
+    """The null edit's error in grey levels and, for ours, SSIM after `NULL_EDITS` null edits."""
     pixels = torch.from_numpy(images).permute(0, 3, 1, 2)
     error = mae_255(torch.from_numpy(edited).permute(0, 3, 1, 2), pixels).mean().item()
-    if method.kind == "regenerate":
+    if method.kind != "ours":
         return f"{error:.2f} | "
 
     def null_edit(x: torch.Tensor) -> torch.Tensor:

@@ -6,7 +6,11 @@ from pathlib import Path
 import torch
 
 ASSETS = Path(__file__).parent / "assets"
-SHIPPED_MODELS = {"colored-bars": ASSETS / "colored-bars", "morpho": ASSETS / "morpho"}
+SHIPPED_MODELS = {
+    "colored-bars": ASSETS / "colored-bars",
+    "morpho": ASSETS / "morpho",
+    "morphomnist": ASSETS / "morphomnist",
+}
 DEFAULT_MODEL = "colored-bars"
 
 
@@ -88,4 +92,5 @@ def load_examples(model: str | Path = "default") -> list[dict]:
         raise ValueError(f"Model {str(model)!r} ships no example images ({index} is missing).")
     rows = [json.loads(line) for line in index.read_text().splitlines() if line.strip()]
     paths = [contained_path(folder, row["file_name"], f"{index} row {i}") for i, row in enumerate(rows)]
-    return [{"image": read_image(path), "factors": row["factors"]} for path, row in zip(paths, rows, strict=True)]
+    images = [read_image(path, mode=None) for path in paths]  # greyscale examples stay one channel
+    return [{"image": image, "factors": row["factors"]} for image, row in zip(images, rows, strict=True)]

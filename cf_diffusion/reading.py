@@ -18,10 +18,14 @@ def to_8bit(image: Image.Image) -> Image.Image:
     return Image.fromarray(np.clip(np.round(values), 0, 255).astype(np.uint8))
 
 
-def read_image(path: str | Path, mode: str = "RGB") -> Image.Image:
-    """The image file at `path`, fully read, in PIL `mode` (16-bit greyscale scaled as in `to_8bit`)."""
+def read_image(path: str | Path, mode: str | None = "RGB") -> Image.Image:
+    """The image file at `path`, fully read, in PIL `mode` (16-bit greyscale scaled as in `to_8bit`); `mode=None`
+    keeps a greyscale image greyscale ('L') and reads any other as 'RGB'."""
     with Image.open(path) as image:
-        return to_8bit(image).convert(mode)
+        image = to_8bit(image)
+        if mode is None:
+            mode = "L" if image.mode == "L" else "RGB"
+        return image.convert(mode)
 
 
 def contained_path(folder: str | Path, name: str, where: str) -> Path:

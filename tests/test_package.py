@@ -50,11 +50,34 @@ def test_shipped_models_carry_their_recipes_editing_settings():
     from cf_diffusion.training.config import load_config
 
     configs = Path(__file__).resolve().parents[1] / "configs"
-    for name, recipe in (("colored-bars", "colored_bars.yaml"), ("morpho", "morpho.yaml")):
+    recipes = {"colored-bars": "colored_bars.yaml", "morpho": "morpho.yaml", "morphomnist": "morphomnist.yaml"}
+    for name, recipe in recipes.items():
         editing = load_config(configs / recipe)["editing"]
         config = load_pipeline(name).config
         assert config.default_abduction == editing["abduction"], name
         assert config.default_guidance_scale == editing["guidance_scale"], name
+        assert config.default_predictor_guidance == editing["predictor_guidance"], name
+
+
+def test_a_real_28_px_digit_edits_in_one_call_with_the_shipped_morphomnist_model():
+    import torch
+
+    from cf_diffusion.models import load_examples
+
+    pipe = load_pipeline("morphomnist")
+    examples = load_examples("morphomnist")
+    image = examples[0]["image"]
+    assert image.mode == "L" and image.size == (28, 28)  # a held-out digit as Morpho-MNIST stores it
+    out = pipe(
+        image=image,
+        interventions={"intensity": 200.0},
+        num_inference_steps=2,
+        output_type="pt",
+        generator=torch.Generator().manual_seed(0),
+    )
+    assert out.images.shape == (1, 1, 28, 28)  # padded to 32 px for the model, cropped back
+    assert out.factual_factors[0]["digit"] == str(examples[0]["factors"]["digit"])  # the predictor reads it
+    assert out.counterfactual_factors[0]["intensity"] == 200.0
 
 
 def test_the_causal_core_imports_without_diffusers_and_the_pipeline_on_first_use():

@@ -23,10 +23,13 @@ def test_16_bit_greyscale_is_scaled_to_8_bit(tmp_path):
     rgb = np.asarray(read_image(path))
     assert rgb.shape == (8, 8, 3) and rgb[1, 1].tolist() == [82, 82, 82] and rgb[0, 0].tolist() == [255, 255, 255]
     assert np.asarray(read_image(path, "L"))[1, 1] == 82
+    assert read_image(path, None).mode == "L" and np.asarray(read_image(path, None))[1, 1] == 82
     as_int32 = Image.open(path).convert("I")
     assert np.asarray(to_8bit(as_int32))[1, 1] == 82
     colour = Image.new("RGB", (2, 2), (10, 20, 30))
     assert to_8bit(colour) is colour
+    colour.save(tmp_path / "colour.png")
+    assert read_image(tmp_path / "colour.png", None).mode == "RGB"
 
 
 def test_a_model_folder_examples_are_read_as_8_bit(tmp_path):
@@ -35,4 +38,4 @@ def test_a_model_folder_examples_are_read_as_8_bit(tmp_path):
     sixteen_bit_png(tmp_path / "examples" / "digit.png")
     (tmp_path / "examples" / "examples.jsonl").write_text(json.dumps({"file_name": "digit.png", "factors": {}}))
     (example,) = load_examples(tmp_path)
-    assert example["image"].mode == "RGB" and np.asarray(example["image"])[1, 1].tolist() == [82, 82, 82]
+    assert example["image"].mode == "L" and np.asarray(example["image"])[1, 1] == 82  # greyscale stays one channel
