@@ -27,9 +27,9 @@ import torch
 from cf_diffusion.data import LabeledImageDataset
 from cf_diffusion.data.measure import mean_stroke_thickness, median_foreground_intensity
 from cf_diffusion.evaluation.cvae import load_cvae
-from cf_diffusion.evaluation.harness import draw_targets, read_factors, shifted_values
+from cf_diffusion.evaluation.harness import draw_targets, edit_rows, read_factors, shifted_values
 from cf_diffusion.evaluation.image_distance import mae_255
-from cf_diffusion.evaluation.methods import EditOptions, Method, apply_method
+from cf_diffusion.evaluation.methods import EditOptions, Method
 from cf_diffusion.evaluation.soundness import composition
 from cf_diffusion.models import model_path
 from cf_diffusion.pipelines import CounterfactualDiffusionPipeline
@@ -82,15 +82,9 @@ def edit_targets(pipe, labels: dict[str, np.ndarray], name: str, seed: int) -> d
 
 
 def run_method(pipe, method: Method, options: EditOptions, images, labels, targets, intervened, seed, batch_size):
-    """The method's edits of every row, with one seeded generator per row: float array[N, H, W, C]."""
-    parts = []
-    for start in range(0, len(images), batch_size):
-        rows = slice(start, start + batch_size)
-        generators = [torch.Generator().manual_seed(seed + start + i) for i in range(len(images[rows]))]
-        factual = {k: v[rows] for k, v in labels.items()}
-        target = {k: v[rows] for k, v in targets.items()}
-        parts.append(apply_method(pipe, method, images[rows], factual, target, intervened, options, generators))
-    return np.concatenate(parts)
+    """The method's edits of every row, with one seeded generator per row (`seed + row`): float array[N, H, W, C]."""
+    seeds = seed + np.arange(len(images))
+    return edit_rows(pipe, method, images, labels, targets, intervened, options, seeds, batch_size)
 
 
 def ratio_text(value: float, floor: float, digit: bool) -> str:

@@ -440,7 +440,7 @@ def _rows(columns: Mapping[str, np.ndarray], rows: slice) -> dict[str, np.ndarra
     return {name: np.asarray(values)[rows] for name, values in columns.items()}
 
 
-def _edit(
+def edit_rows(
     pipe,
     method: Method,
     images: np.ndarray,
@@ -478,7 +478,7 @@ def _editor(
     `_edit` with fresh generators from the same `seeds` at every call."""
 
     def edit_fn(images: torch.Tensor) -> torch.Tensor:
-        edited = _edit(pipe, method, _to_array(images), factual, target, intervened, options, seeds, batch_size)
+        edited = edit_rows(pipe, method, _to_array(images), factual, target, intervened, options, seeds, batch_size)
         return _to_tensor(edited)
 
     return edit_fn
@@ -822,7 +822,7 @@ def _score_edit(
     factual = loaded.factors
     start = time.perf_counter()
     seeds = _seeds(run.seed, 1 + index, len(loaded.images))
-    edited = _edit(pipe, method, loaded.images, factual, targets, [name], run.options, seeds, run.batch_size)
+    edited = edit_rows(pipe, method, loaded.images, factual, targets, [name], run.options, seeds, run.batch_size)
     edited_t = _to_tensor(edited)
     entry: dict[str, Any] = {}
     read = read_factors(pipe, edited, run.batch_size) if pipe.factor_predictor is not None else None
