@@ -3,8 +3,9 @@
     python benchmarks/bench_morphomnist.py --model cf_diffusion/assets/morphomnist --split test --n 256
 
 The held-out digits of `configs/morphomnist.yaml` (the folder's last 1,000 rows, never trained on) are split in two:
-`val` (the first 500), where editing settings are chosen (`--abduction`, `--guidance`, `--predictor-guidance` take
-several values and every combination is run), and `test` (the last 500), where the chosen settings are reported.
+`val` (the first 500), where editing settings are chosen (`--abduction`, `--guidance`, `--predictor-guidance` and
+`--keep-guidance` take several values and every combination is run), and `test` (the last 500), where the chosen
+settings are reported.
 
 Each edit is read twice: by the model's factor predictor, and by Morpho-MNIST morphometry measured off the image
 (`cf_diffusion.data.measure`: mean stroke thickness and median foreground intensity), which no learned model
@@ -87,6 +88,13 @@ def run_method(pipe, method: Method, options: EditOptions, images, labels, targe
     return edit_rows(pipe, method, images, labels, targets, intervened, options, seeds, batch_size)
 
 
+def guidance_weights(text: str) -> float | dict[str, float]:
+    """`--guidance` values: one weight for every factor (`1.5`) or weights per factor (`intensity=1.5,digit=3`)."""
+    if "=" not in text:
+        return float(text)
+    return {name: float(w) for name, w in (item.split("=", 1) for item in text.split(","))}
+
+
 def ratio_text(value: float, floor: float, digit: bool) -> str:
     return f"{value:.3f}" if digit else f"{value:.3f} ({value / floor:.1f}x)"
 
@@ -102,8 +110,11 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--methods", nargs="+", default=["ours", "regenerate", "no-scm"])
     parser.add_argument("--abduction", nargs="+", default=[None], help="ddim / ddpm (default: the model's)")
-    parser.add_argument("--guidance", nargs="+", type=float, default=[None], help="one w for every factor")
+    parser.add_argument(
+        "--guidance", nargs="+", type=guidance_weights, default=[None], help="w for every factor, or factor=w,factor=w"
+    )
     parser.add_argument("--predictor-guidance", nargs="+", type=float, default=[None])
+    parser.add_argument("--keep-guidance", nargs="+", type=float, default=[None])
     parser.add_argument("--cvae", default=None, help="the cvae-scm baseline's folder (for --methods cvae-scm)")
     parser.add_argument("--edits", nargs="+", default=[*EDITS, "null"], choices=[*EDITS, "null"])
     args = parser.parse_args()
@@ -119,20 +130,22 @@ def main() -> None:
     print("| edit | method | " + " | ".join(columns) + " | seconds |")
     print("|---|---|" + "---|" * (len(columns) + 1))
     print("| none | factual digits (floor) | " + " | ".join(f"{floors[c]:.3f}" for c in columns) + " | |")
-    settings = list(itertools.product(args.abduction, args.guidance, args.predictor_guidance))
+    settings = list(itertools.product(args.abduction, args.guidance, args.predictor_guidance, args.keep_guidance))
     null_rows = []
     for edit in args.edits:
         intervened = [] if edit == "null" else [edit]
         targets = labels if edit == "null" else edit_targets(pipe, labels, edit, args.seed)
-        for name, (abduction, guidance, predictor_guidance) in itertools.product(args.methods, settings):
-            if name != "ours" and (guidance, predictor_guidance) != settings[0][1:]:
+        for name, (abduction, guidance, predictor_guidance, keep) in itertools.product(args.methods, settings):
+            if name != "ours" and (guidance, predictor_guidance, keep) != settings[0][1:]:
                 continue
             method = Method(name, args.steps, abduction or pipe.config.default_abduction)
-            options = EditOptions(guidance_scale=guidance, predictor_guidance=predictor_guidance, cvae=cvae)
+            options = EditOptions(
+                guidance_scale=guidance, predictor_guidance=predictor_guidance, keep_guidance=keep, cvae=cvae
+            )
             start = time.perf_counter()
             edited = run_method(pipe, method, options, images, labels, targets, intervened, args.seed, args.batch_size)
             seconds = time.perf_counter() - start
-            label = f"{method.name} w={guidance} s={predictor_guidance}" if name == "ours" else method.name
+            label = f"{method.name} w={guidance} s={predictor_guidance} k={keep}" if name == "ours" else method.name
             if edit == "null":
                 null_rows.append(f"| {label} | {null_figures(pipe, method, options, images, edited, labels, args)} |")
                 continue

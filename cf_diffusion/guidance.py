@@ -5,9 +5,11 @@ model's commitment to the new level, which a small model otherwise only half mak
 conditional branch already points at the requested value, and w > 1 extrapolates past it (BENCHMARKS.md, "Edit
 quality of the shipped colored-bars model" and "How the editing settings were chosen"). So by default discrete
 factors are guided at `DISCRETE_GUIDANCE` and continuous ones at `CONTINUOUS_GUIDANCE`; an image's weight is the
-largest weight among the factors its edit changes (a descendant counts: it changes too). A model can carry its own
-weights, chosen for it and saved with it (the pipeline's `default_guidance_scale`): they replace the defaults by
-kind, and a call's `guidance_scale` replaces both.
+largest weight among the sources of its change: the changed factors no other changed factor is an ancestor of
+(descendants change under their source's weight, so `{intensity: 1.5}` guides do(intensity) harder without touching
+do(thickness), which changes intensity as a descendant). A
+model can carry its own weights, chosen for it and saved with it (the pipeline's `default_guidance_scale`): they
+replace the defaults by kind, and a call's `guidance_scale` replaces both.
 """
 
 from collections.abc import Mapping
@@ -15,6 +17,7 @@ from collections.abc import Mapping
 import torch
 
 from cf_diffusion.factors import FactorSchema
+from cf_diffusion.graph import CausalGraph
 
 DISCRETE_GUIDANCE = 3.0
 CONTINUOUS_GUIDANCE = 1.0
@@ -78,15 +81,31 @@ def _given_weights(schema: FactorSchema, guidance_scale: GuidanceScale, what: st
     return {name: float(w) for name, w in guidance_scale.items()}
 
 
+def change_sources(graph: CausalGraph, names: list[str], changed: torch.Tensor) -> torch.Tensor:
+    """The changed factors that no other changed factor is an ancestor of: bool Tensor[N, F].
+
+    Args:
+        graph: The causal graph over the factors.
+        names: The factor names, in the columns' order.
+        changed: bool Tensor[N, F], which factors of each image the edit changes.
+    """
+    ancestry = torch.tensor(
+        [[other in graph.ancestors(name) for other in names] for name in names],
+        device=changed.device,
+    )
+    has_changed_ancestor = (changed[:, None, :] & ancestry[None]).any(dim=2)
+    return changed & ~has_changed_ancestor
+
+
 def edit_guidance(
     schema: FactorSchema, guidance_scale: GuidanceScale, changed: torch.Tensor, defaults: GuidanceScale = None
 ) -> torch.Tensor:
-    """Each edited image's guidance weight: the largest weight of the factors its edit changes (1 if none).
+    """Each edited image's guidance weight: the largest weight of the sources of its change (1 if none).
 
     Args:
         schema: The model's factors.
         guidance_scale: As for `factor_weights`.
-        changed: bool Tensor[N, F], which factors of each image the edit changes.
+        changed: bool Tensor[N, F], the sources of each image's change (`change_sources`).
         defaults: The model's own weights, as for `factor_weights`.
 
     Returns:

@@ -43,7 +43,7 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from cf_diffusion.conditioning import FactorEncoder
 from cf_diffusion.factors import FactorSchema
-from cf_diffusion.guidance import GuidanceScale, edit_guidance, factor_weights, is_weight
+from cf_diffusion.guidance import GuidanceScale, change_sources, edit_guidance, factor_weights, is_weight
 from cf_diffusion.identification import identify_edits
 from cf_diffusion.images import padding_box
 from cf_diffusion.inversion import (
@@ -114,10 +114,15 @@ def _dtypes_looked_up_once(method: Callable) -> Callable:
     return wrapper
 
 
+def _check_scale(value: Any, name: str) -> None:
+    """A guidance scale that 0 disables must be a number >= 0."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
+        raise ValueError(f"{name} must be a number >= 0 (0 disables it), got {value!r}")
+
+
 def _check_predictor_guidance(value: Any, predictor: FactorPredictor | None, name: str) -> None:
     """A predictor guidance scale must be a number >= 0, and a positive one needs a factor predictor."""
-    if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
-        raise ValueError(f"{name} must be a number >= 0 (0 disables predictor guidance), got {value!r}")
+    _check_scale(value, name)
     if value > 0 and predictor is None:
         raise ValueError(f"{name}={value!r} needs a factor_predictor, and the pipeline has none")
 
@@ -181,6 +186,8 @@ class CounterfactualDiffusionPipeline(DiffusionPipeline):
             gives none; None guides by factor kind (`cf_diffusion.guidance`). Saved in `model_index.json`.
         default_predictor_guidance: The model's own `predictor_guidance` (see `__call__`), used where a call gives
             none; 0 disables it. Saved in `model_index.json`.
+        default_keep_guidance: The model's own `keep_guidance` (see `__call__`), used where a call gives none; 0
+            disables it. Saved in `model_index.json`.
     """
 
     model_cpu_offload_seq = "factor_predictor->text_encoder->factor_encoder->unet->vae"
@@ -202,9 +209,11 @@ class CounterfactualDiffusionPipeline(DiffusionPipeline):
         default_abduction: str = DEFAULT_ABDUCTION,
         default_guidance_scale: GuidanceScale = None,
         default_predictor_guidance: float = 0.0,
+        default_keep_guidance: float = 0.0,
     ):
         super().__init__()
         _check_predictor_guidance(default_predictor_guidance, factor_predictor, "default_predictor_guidance")
+        _check_scale(default_keep_guidance, "default_keep_guidance")
         if default_abduction not in _ABDUCTIONS:
             raise ValueError(f"default_abduction must be one of {list(_ABDUCTIONS)}, got {default_abduction!r}")
         factor_weights(factor_encoder.schema, None, default_guidance_scale)
@@ -239,10 +248,12 @@ class CounterfactualDiffusionPipeline(DiffusionPipeline):
             default_abduction=default_abduction,
             default_guidance_scale=default_guidance_scale,
             default_predictor_guidance=default_predictor_guidance,
+            default_keep_guidance=default_keep_guidance,
         )
         self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1) if vae is not None else 1
         self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor, do_resize=False)
         self._call_dtypes: dict[str, torch.dtype | None] | None = None
+        self._keep_scale: torch.Tensor | None = None
 
     # ------------------------------------------------------------------ properties
 
@@ -680,14 +691,19 @@ class CounterfactualDiffusionPipeline(DiffusionPipeline):
         t: torch.Tensor,
         kwargs: dict[str, torch.Tensor],
         guided: bool,
+        kept: bool = False,
     ) -> torch.Tensor:
-        """The output of `model_fn` (the UNet, or its tiled version) at `latents`; when guided, `kwargs` stack the
-        reference and the conditional branch (as `_stack_branches` makes them), both run in one call, and
-        `out_ref + w (out - out_ref)` is returned."""
-        if not guided:
-            return model_fn(latents, t, kwargs)
-        reference, conditional = model_fn(torch.cat([latents, latents]), t, kwargs).chunk(2)
-        return reference + self.guidance_scale * (conditional - reference)
+        """The output of `model_fn` (the UNet, or its tiled version) at `latents`. `kwargs` stack along the batch (as
+        `_stack_branches` makes them) the reference branch when guided, the conditional branch, and the conditional
+        branch with the kept factors unknown when `kept`; all run in one call. Returns `out_ref + w (out - out_ref)`
+        (`out` unguided), plus `gamma (out - out_unkept)` when `kept` (`__call__`'s `keep_guidance`)."""
+        count = 1 + guided + kept
+        outputs = model_fn(torch.cat([latents] * count), t, kwargs).chunk(count)
+        conditional = outputs[int(guided)]
+        output = outputs[0] + self.guidance_scale * (conditional - outputs[0]) if guided else conditional
+        if kept:
+            output = output + self._keep_scale * (conditional - outputs[-1])
+        return output
 
     def _predicted_noise(self, model_output: torch.Tensor, sample: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """The model's output at `(sample, t)` as a noise prediction eps, whatever the scheduler's prediction type."""
@@ -726,11 +742,9 @@ class CounterfactualDiffusionPipeline(DiffusionPipeline):
         return model_output - shift * (1 - alpha_bar).sqrt() / alpha_bar.sqrt()
 
     @staticmethod
-    def _stack_branches(
-        reference_kwargs: dict[str, torch.Tensor], kwargs: dict[str, torch.Tensor]
-    ) -> dict[str, torch.Tensor]:
-        """Conditioning of the reference branch and the conditional branch stacked along the batch: Tensor[2N, ...]."""
-        return {name: torch.cat([reference_kwargs[name], kwargs[name]]) for name in kwargs}
+    def _stack_branches(*branches: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The conditionings of several branches stacked along the batch, in order: Tensor[K N, ...]."""
+        return {name: torch.cat([branch[name] for branch in branches]) for name in branches[0]}
 
     @contextmanager
     def _vae_tiling(self, height: int, width: int) -> Iterator[None]:
@@ -1008,6 +1022,7 @@ class CounterfactualDiffusionPipeline(DiffusionPipeline):
         tile_overlap: float | None = None,
         tile_batch_size: int = DEFAULT_TILE_BATCH_SIZE,
         predictor_guidance: float | None = None,
+        keep_guidance: float | None = None,
     ) -> CounterfactualPipelineOutput | tuple:
         """Edits images counterfactually: what would each image have been had the intervened factors been different?
 
@@ -1067,6 +1082,11 @@ class CounterfactualDiffusionPipeline(DiffusionPipeline):
                 Diff-SCM's anti-causal guidance: at each prediction step the predictor reads the denoised estimate
                 x0 (decoded, at its size), and `eps += s * sqrt(1 - alpha_bar) * grad_x0 energy`
                 (`FactorPredictor.energy`). None: the model's `default_predictor_guidance`; 0: none.
+            keep_guidance: Scale gamma >= 0 of classifier-free guidance toward the factors an edit keeps (the
+                factual values of its non-descendants): `eps += gamma (eps(c') - eps(c' with the kept factors
+                unknown))`, so a kept factor the training data correlate with a changed one (thickness under
+                do(intensity) in Morpho-MNIST) holds. Rows whose edit changes nothing are not guided. None: the
+                model's `default_keep_guidance`; 0: none.
 
         Returns:
             CounterfactualPipelineOutput (or the tuple of its fields that are not None: `(images, factual_factors,
@@ -1110,6 +1130,9 @@ class CounterfactualDiffusionPipeline(DiffusionPipeline):
         if predictor_guidance is None:
             predictor_guidance = self.config.default_predictor_guidance
         _check_predictor_guidance(predictor_guidance, self.factor_predictor, "predictor_guidance")
+        if keep_guidance is None:
+            keep_guidance = self.config.default_keep_guidance
+        _check_scale(keep_guidance, "keep_guidance")
         self._interrupt = False
         device = self._execution_device
 
@@ -1142,13 +1165,21 @@ class CounterfactualDiffusionPipeline(DiffusionPipeline):
             prompt_embeds = prompt_embeds.repeat_interleave(num_counterfactuals, dim=0)
         kwargs = self._unet_kwargs(counterfactual, None, prompt_embeds)
         changed = counterfactual != factual
-        weights = edit_guidance(self.schema, guidance_scale, changed, self.config.default_guidance_scale)
+        sources = change_sources(self.scm.graph, self.schema.names, changed)
+        weights = edit_guidance(self.schema, guidance_scale, sources, self.config.default_guidance_scale)
         self._guidance_scale = weights.to(device=trajectory.device, dtype=trajectory.dtype).view(-1, 1, 1, 1)
         guided = bool((changed.any(dim=1) & (weights != 1)).any())
+        keep_scale = torch.where(changed.any(dim=1), float(keep_guidance), 0.0)
+        self._keep_scale = keep_scale.to(device=trajectory.device, dtype=trajectory.dtype).view(-1, 1, 1, 1)
+        kept = bool((keep_scale > 0).any())
+        branches = [kwargs]
         if guided:
             known = None if guidance_reference == "factual" else ~changed
             reference = factual if guidance_reference == "factual" else counterfactual
-            kwargs = self._stack_branches(self._unet_kwargs(reference, known, prompt_embeds), kwargs)
+            branches.insert(0, self._unet_kwargs(reference, known, prompt_embeds))
+        if kept:
+            branches.append(self._unet_kwargs(counterfactual, changed, prompt_embeds))
+        kwargs = self._stack_branches(*branches)
 
         # 4. The region the edit may change: the computed mask, the user's, or none.
         if isinstance(preserve, str) and preserve == "auto":
@@ -1168,7 +1199,7 @@ class CounterfactualDiffusionPipeline(DiffusionPipeline):
             for i, t in enumerate(timesteps):
                 if self.interrupt:
                     continue
-                model_output = self._guided_model_output(model_fn, latents, t, kwargs, guided)
+                model_output = self._guided_model_output(model_fn, latents, t, kwargs, guided, kept)
                 if predictor_guidance:
                     model_output = self._predictor_guided(model_output, latents, t, counterfactual, predictor_guidance)
                 if noise_maps is None:

@@ -4,7 +4,15 @@ import pytest
 import torch
 from pipeline_fixtures import tiny_schema
 
-from cf_diffusion.guidance import CONTINUOUS_GUIDANCE, DISCRETE_GUIDANCE, edit_guidance, factor_weights
+from cf_diffusion.factors import FactorSchema
+from cf_diffusion.graph import CausalGraph
+from cf_diffusion.guidance import (
+    CONTINUOUS_GUIDANCE,
+    DISCRETE_GUIDANCE,
+    change_sources,
+    edit_guidance,
+    factor_weights,
+)
 
 
 def test_defaults_guide_discrete_factors_and_not_continuous_ones():
@@ -34,6 +42,25 @@ def test_each_edit_takes_the_largest_weight_of_what_it_changes():
     )
     w = edit_guidance(tiny_schema(), {"thickness": 1.5, "bar": 4.0}, changed)
     torch.testing.assert_close(w, torch.tensor([1.5, 4.0, 1.0]))
+
+
+def test_descendants_change_under_the_weight_of_their_changed_ancestor():
+    graph = CausalGraph.parse("a -> b -> c; d")
+    names = ["d", "a", "b", "c"]
+    changed = torch.tensor(
+        [
+            [False, True, True, True],  # do(a): b and c follow
+            [False, False, False, True],  # do(c)
+            [True, True, False, True],  # do(d, a) with c changed through an unchanged b: a is still its ancestor
+            [False, False, False, False],  # the null edit
+        ]
+    )
+    sources = change_sources(graph, names, changed)
+    expected = [[False, True, False, False], [False, False, False, True], [True, True, False, False], [False] * 4]
+    assert sources.tolist() == expected
+    schema = FactorSchema.from_dict([{"name": n, "kind": "continuous"} for n in names])
+    w = edit_guidance(schema, {"c": 1.5, "d": 2.0}, sources)
+    torch.testing.assert_close(w, torch.tensor([1.0, 1.5, 2.0, 1.0]))
 
 
 @pytest.mark.parametrize(

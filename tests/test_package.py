@@ -57,6 +57,7 @@ def test_shipped_models_carry_their_recipes_editing_settings():
         assert config.default_abduction == editing["abduction"], name
         assert config.default_guidance_scale == editing["guidance_scale"], name
         assert config.default_predictor_guidance == editing["predictor_guidance"], name
+        assert config.default_keep_guidance == editing["keep_guidance"], name
 
 
 def test_a_real_28_px_digit_edits_in_one_call_with_the_shipped_morphomnist_model():

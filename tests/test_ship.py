@@ -8,6 +8,7 @@ from PIL import Image
 from pipeline_fixtures import tiny_pipeline
 from safetensors.torch import load_file
 
+from cf_diffusion.scm.counts import COUNTS_FILE, ObservationalCounts
 from cf_diffusion.training.ship import ship_model
 
 
@@ -24,11 +25,18 @@ def _folder(path, sizes):
 
 def test_a_folder_model_ships_half_weights_and_held_out_examples_at_their_own_size(tmp_path):
     pipeline = tmp_path / "pipeline"
-    tiny_pipeline().save_pretrained(pipeline)
+    pipe = tiny_pipeline()
+    pipe.save_pretrained(pipeline)
+    counts = ObservationalCounts.from_table(
+        pipe.schema, {"size": [0, 1], "color": [0, 0], "bar": [1, 1]} | {"thickness": [1.0, 2.0]}
+    )
+    counts.save(pipeline / "scm" / COUNTS_FILE)
     data = _folder(tmp_path / "data", [(6, 6)] * 10)
     out = ship_model(pipeline, None, tmp_path / "shipped", num_examples=3, data=data, holdout=4)
     weights = load_file(str(out / "unet" / "diffusion_pytorch_model.safetensors"))
     assert all(str(t.dtype) == "torch.float16" for t in weights.values() if t.is_floating_point())
+    shipped = ObservationalCounts.load(out / "scm" / COUNTS_FILE, pipe.schema)  # its schema metadata survives
+    assert shipped.columns().keys() == counts.columns().keys()
     lines = [json.loads(line) for line in (out / "examples" / "examples.jsonl").read_text().splitlines()]
     assert len(lines) == 3
     for line in lines:

@@ -85,4 +85,5 @@ def assemble_pipeline(config: dict, checkpoint: str | Path | None = None) -> Cou
         default_abduction=config["editing"]["abduction"],
         default_guidance_scale=config["editing"]["guidance_scale"],
         default_predictor_guidance=config["editing"]["predictor_guidance"],
+        default_keep_guidance=config["editing"]["keep_guidance"],
     )

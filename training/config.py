@@ -88,6 +88,7 @@ DEFAULTS: dict = {
         "abduction": "ddim",  # or "ddpm"
         "guidance_scale": None,  # None (by factor kind), a number, or {factor: w} (cf_diffusion.guidance)
         "predictor_guidance": 0.0,  # the pipeline's predictor_guidance (0: none)
+        "keep_guidance": 0.0,  # the pipeline's keep_guidance (0: none)
     },
 }
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from cf_diffusion.data import LabeledImageDataset, get_dataset
@@ -22,12 +23,15 @@ from cf_diffusion.factors import FactorSchema
 
 
 def halve_weights(folder: Path) -> None:
-    """Rewrites every safetensors file under `folder` with float32 tensors stored as float16 (atomically)."""
+    """Rewrites every safetensors file under `folder` with float32 tensors stored as float16 (atomically), keeping
+    each file's metadata (the observational counts carry their schema in it)."""
     for path in folder.rglob("*.safetensors"):
         tensors = load_file(str(path))
+        with safe_open(str(path), "pt") as handle:
+            metadata = handle.metadata() or {"format": "pt"}
         half = {k: v.half() if v.dtype == torch.float32 else v for k, v in tensors.items()}
         tmp = path.with_name(f".{path.name}.tmp")
-        save_file(half, str(tmp), metadata={"format": "pt"})
+        save_file(half, str(tmp), metadata=metadata)
         os.replace(tmp, path)
 
 

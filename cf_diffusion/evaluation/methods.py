@@ -83,6 +83,7 @@ class EditOptions:
         guidance_reference: `"factual"` or `"null"`, the reference branch of the editing guidance.
         sdedit_strength: Fraction of the schedule that `sdedit` re-noises and denoises, in (0, 1].
         predictor_guidance: The pipeline's `predictor_guidance` for `ours` and `no-scm` (None: the model's own).
+        keep_guidance: The pipeline's `keep_guidance` for `ours` and `no-scm` (None: the model's own).
         cvae: The conditional VAE that `cvae-scm` edits with (None: that method cannot run).
     """
 
@@ -90,6 +91,7 @@ class EditOptions:
     guidance_reference: str = "factual"
     sdedit_strength: float = 0.6
     predictor_guidance: float | None = None
+    keep_guidance: float | None = None
     cvae: ConditionalVAE | None = None
 
 
@@ -249,6 +251,7 @@ def apply_method(
         abduction=method.abduction,
         guidance_reference=options.guidance_reference,
         predictor_guidance=options.predictor_guidance,
+        keep_guidance=options.keep_guidance,
         **common,
     )
     return np.asarray(out.images)
