@@ -18,6 +18,11 @@ gets a `FactorIdentification`; the other factors are kept exactly (`EditIdentifi
   are those of that discretised model (`FactorIdentification.note` names the factors).
 - A continuous descendant: the median and the 5-95% interval of its counterfactual samples; identified when that
   interval is narrower than its resolution, `RESOLUTION_FRACTION` of the factor's range.
+- Support (`EditIdentification.observed`): the share of the image's counterfactual samples whose whole factor vector
+  (levels, and bins of continuous factors) occurs among the observational rows. Identification concerns the factors;
+  the image model is learned from the training images, so where no training image has the counterfactual factors
+  (a thin stroke drawn bright, when thickness causes intensity) the edited image is an extrapolation, and the
+  report says so.
 
 Linear-program solutions are cached per (observational counts, target, evidence, intervention) pattern, so a batch
 of edits of similar images solves each program once. Without stored counts (a model saved before they were, or a
@@ -105,10 +110,13 @@ class EditIdentification:
     Attributes:
         factors: The intervened factors and their descendants, in causal order: name -> FactorIdentification.
         kept: The other factors: non-descendants of every intervened factor, kept exactly.
+        observed: The share of the image's counterfactual factor vectors that occur among the observational rows
+            (module docstring); None for the null edit or without stored counts.
     """
 
     factors: dict[str, FactorIdentification]
     kept: tuple[str, ...]
+    observed: float | None = None
 
 
 def identify_edits(
@@ -149,8 +157,20 @@ def identify_edits(
             name: _identify(scm, name, samples[name][b], row, fixed, graph.ancestors(name) & set(interventions))
             for name in names
         }
-        entries += [EditIdentification(factors, kept)] * num_counterfactuals
+        observed = _observed(scm, {name: samples[name][b] if name in changed else row[name] for name in values})
+        entries += [EditIdentification(factors, kept, observed)] * num_counterfactuals
     return entries
+
+
+def _observed(scm: NeuralCausalModel, draws: dict[str, torch.Tensor]) -> float | None:
+    """The share of one image's counterfactual samples (changed factors: Tensor[S]; kept ones: their value) whose
+    configuration occurs among the observational rows, or None without counts."""
+    counts = scm.observational_counts
+    if counts is None:
+        return None
+    num_samples = max(value.numel() for value in draws.values())
+    table = {name: value.reshape(-1).expand(num_samples) for name, value in draws.items()}
+    return float(np.mean(counts.occurrences(table) > 0))
 
 
 def clear_bounds_cache() -> int:
@@ -294,4 +314,9 @@ def format_identification(entry: EditIdentification, counterfactual: Mapping[str
     if entry.kept:
         lines.append(f"kept: {', '.join(entry.kept)}")
     notes = sorted({item.note for item in entry.factors.values() if item.note})
+    if entry.observed is not None and entry.observed < 1:
+        notes.append(
+            f"only {entry.observed:.0%} of the causal model's counterfactual factor vectors for this edit occur among "
+            f"the training rows: the image model extrapolates"
+        )
     return "\n".join(lines + [f"note: {note}" for note in notes])

@@ -128,7 +128,7 @@ def _pixels(pipe, image: Image.Image) -> torch.Tensor:
         ValueError: On other channels or a size the model cannot edit (the pipeline's message).
     """
     pixels = pipe.image_processor.preprocess(np.asarray(image, dtype=np.float32) / 255).to(torch.float32)
-    pipe.check_inputs(pixels, 1, None, None)
+    pipe.check_inputs(image=pixels, batch_size=1)
     return pixels
 
 
@@ -254,6 +254,12 @@ def run_edit(
         f"factual: {schema.format_row(result.factual_factors[0])}  \n"
         f"counterfactual: {schema.format_row(counterfactual)}"
         + (f"  \nkept exactly: {', '.join(entry.kept)}" if entry.kept else "")
+        + (
+            f"  \nonly {entry.observed:.0%} of the counterfactual factor vectors occur among the training rows: "
+            "the image model extrapolates"
+            if entry.observed is not None and entry.observed < 1
+            else ""
+        )
     )
     return EditView(
         _to_image(result.images[0]),

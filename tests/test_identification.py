@@ -191,3 +191,24 @@ def test_demo_captions_mark_an_unidentified_factor(shipped_scm):
     low, high = entry.factors["bar"].bounds["0"]
     p = entry.factors["bar"].probabilities["0"]
     assert caption.splitlines() == ["digit=3 size=large*", "color=red", f"bar=0? p={p:.2f} [{low:.2f}, {high:.2f}]"]
+
+
+def test_occurrences_count_the_observed_rows_of_each_configuration():
+    schema = FactorSchema([Factor.binary("x"), Factor.continuous("z", 0.0, 1.0)])
+    counts = ObservationalCounts.from_table(schema, {"x": [0, 1, 1, 0, 1], "z": [0.05, 0.9, 0.95, 0.5, 0.1]})
+    occurrences = counts.occurrences({"x": [1, 1, 0], "z": [0.99, 0.5, 0.01]})
+    np.testing.assert_array_equal(occurrences, [2, 0, 1])  # z bins of 1/8: 0.9 and 0.95 share the last one
+
+
+def test_edits_outside_the_training_rows_are_reported_as_extrapolation():
+    scm = NeuralCausalModel.from_pretrained(model_path("morphomnist") / "scm")
+    factual = {"digit": ["3", "3"], "thickness": [1.8, 3.5], "intensity": [100.0, 230.0]}
+    thin_bright, thick_bright = identify_edits(scm, factual, {"intensity": 220.0})
+    assert thin_bright.observed == 0.0 and thick_bright.observed == 1.0  # no thin digit is that bright in the data
+    note = format_identification(thin_bright, {"digit": "3", "thickness": 1.8, "intensity": 220.0})
+    assert "0% of the causal model's counterfactual factor vectors" in note and "extrapolates" in note
+    assert "extrapolates" not in format_identification(
+        thick_bright, {"digit": "3", "thickness": 3.5, "intensity": 220.0}
+    )
+    (null,) = identify_edits(scm, {name: values[:1] for name, values in factual.items()}, None)
+    assert null.observed is None

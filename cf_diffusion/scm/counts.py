@@ -68,6 +68,17 @@ class ObservationalCounts:
         factor = self.schema[name]
         return int(_cells(factor, self.schema.to_values({name: [value]}, partial=True)[name])[0])
 
+    def occurrences(self, table: Any) -> np.ndarray:
+        """How many observed rows share each row's configuration (level or bin of every factor): int64 array[N].
+
+        Args:
+            table: Rows of every factor, anything `schema.to_values` accepts.
+        """
+        values = self.schema.to_values(table)
+        cells = np.stack([_cells(factor, values[factor.name]) for factor in self.schema], axis=1)
+        observed = dict(zip(map(tuple, self.configs.tolist()), self.counts.tolist(), strict=True))
+        return np.array([observed.get(tuple(cell), 0) for cell in cells.tolist()], dtype=np.int64)
+
     def columns(self) -> dict[str, np.ndarray]:
         """The configurations as a table `{name: column of level or bin indices}`; `counts` weighs its rows."""
         return {name: self.configs[:, i] for i, name in enumerate(self.schema.names)}
