@@ -16,6 +16,11 @@ its ratio to that floor. The edits, with targets from the model's causal model (
 - do(intensity): another intensity; thickness and digit read against their factual values.
 - do(digit): the next digit (d + 1 mod 10); thickness and intensity read against their factual values.
 - null: the edit with no intervention, its error in grey levels, and SSIM after 10 null edits in a row.
+
+`--diagnostics` prints, instead, how each reader's thickness reading moves when a digit's pixels are scaled (a reader
+that mistakes brightness for thickness blames do(intensity) edits for a thickness change), and the share of the
+do(intensity) targets the training digits of about the same thickness never reach (where the data cannot show the
+model a digit of that thickness and intensity).
 """
 
 import argparse
@@ -117,6 +122,7 @@ def main() -> None:
     parser.add_argument("--keep-guidance", nargs="+", type=float, default=[None])
     parser.add_argument("--cvae", default=None, help="the cvae-scm baseline's folder (for --methods cvae-scm)")
     parser.add_argument("--edits", nargs="+", default=[*EDITS, "null"], choices=[*EDITS, "null"])
+    parser.add_argument("--diagnostics", action="store_true", help="reader bias and data support (no edits)")
     args = parser.parse_args()
     torch.manual_seed(args.seed)
     path = args.model if "/" in args.model else model_path(args.model)
@@ -124,6 +130,10 @@ def main() -> None:
     pipe.set_progress_bar_config(disable=True)
     cvae = load_cvae(args.cvae, pipe.schema) if "cvae-scm" in args.methods else None
     images, labels = load_rows(pipe, args.data, args.split, args.n, args.seed)
+    if args.diagnostics:
+        reader_bias(pipe, images)
+        support(args.data, pipe, labels, edit_targets(pipe, labels, "intensity", args.seed))
+        return
     floors = errors(read(pipe, images), labels)
     columns = list(floors)
     print(f"model {path}; {len(images)} rows of the {args.split} split; {args.steps} steps")
@@ -139,9 +149,11 @@ def main() -> None:
             if name != "ours" and (guidance, predictor_guidance, keep) != settings[0][1:]:
                 continue
             method = Method(name, args.steps, abduction or pipe.config.default_abduction)
-            options = EditOptions(
-                guidance_scale=guidance, predictor_guidance=predictor_guidance, keep_guidance=keep, cvae=cvae
-            )
+            options = EditOptions(cvae=cvae)  # the baselines edit with the model's own settings
+            if name == "ours":
+                options = EditOptions(
+                    guidance_scale=guidance, predictor_guidance=predictor_guidance, keep_guidance=keep
+                )
             start = time.perf_counter()
             edited = run_method(pipe, method, options, images, labels, targets, intervened, args.seed, args.batch_size)
             seconds = time.perf_counter() - start
@@ -155,6 +167,35 @@ def main() -> None:
     if null_rows:
         print(f"\n| method | null edit MAE255 | SSIM after {NULL_EDITS} null edits |\n|---|---|---|")
         print("\n".join(null_rows))
+
+
+def reader_bias(pipe, images: np.ndarray) -> None:
+    """Each reader's mean change of its thickness and intensity readings when the digits' pixels are scaled by s."""
+    base = read(pipe, images)
+    print("| pixels x s | " + " | ".join(f"{r}: {f} change" for r in base for f in ("thickness", "intensity")) + " |")
+    print("|---|" + "---|" * 2 * len(base))
+    for scale in (0.5, 0.75, 1.25, 1.5):
+        scaled = read(pipe, np.clip(images * scale, 0.0, 1.0))
+        cells = [f"{np.mean(scaled[r][f] - base[r][f]):+.3f}" for r in base for f in ("thickness", "intensity")]
+        print(f"| {scale} | " + " | ".join(cells) + " |")
+
+
+def support(folder: str, pipe, labels: dict[str, np.ndarray], targets: dict[str, np.ndarray]) -> None:
+    """The share of do(intensity) targets outside the 1-99% intensity range of training digits within 0.1 of the
+    row's thickness."""
+    data = LabeledImageDataset(folder, schema=pipe.schema, resolution=pipe.image_size, channels=pipe.image_channels)
+    table = data.factor_table()
+    thickness = np.asarray(table["thickness"][:-HOLDOUT], dtype=np.float64)
+    intensity = np.asarray(table["intensity"][:-HOLDOUT], dtype=np.float64)
+    outside = []
+    for t, target in zip(labels["thickness"], targets["intensity"], strict=True):
+        near = intensity[np.abs(thickness - t) <= 0.1]
+        low, high = np.quantile(near, [0.01, 0.99])
+        outside.append(not low <= target <= high)
+    print(
+        f"\ndo(intensity) targets outside the 1-99% intensity range of training digits of the same thickness "
+        f"(+-0.1): {np.mean(outside):.1%} of {len(outside)}"
+    )
 
 
 def null_figures(pipe, method: Method, options: EditOptions, images, edited, labels, args) -> str:
