@@ -33,9 +33,11 @@ import torch
 from cf_diffusion.data import LabeledImageDataset
 from cf_diffusion.data.measure import mean_stroke_thickness, median_foreground_intensity
 from cf_diffusion.evaluation.cvae import load_cvae
-from cf_diffusion.evaluation.harness import draw_targets, edit_rows, read_factors, shifted_values
+from cf_diffusion.evaluation.editing import edit_rows
 from cf_diffusion.evaluation.image_distance import mae_255
+from cf_diffusion.evaluation.interventions import draw_targets, shifted_values
 from cf_diffusion.evaluation.methods import EditOptions, Method
+from cf_diffusion.evaluation.readers import read_factors
 from cf_diffusion.evaluation.soundness import composition
 from cf_diffusion.models import model_path
 from cf_diffusion.pipelines import CounterfactualDiffusionPipeline

@@ -275,7 +275,7 @@ def _data_make(args) -> None:
 
 
 def _evaluate(args) -> None:
-    from cf_diffusion.evaluation.harness import DEFAULT_METHODS, METRICS, RESULT_FILES, evaluate
+    from cf_diffusion.evaluation.harness import DEFAULT_METHODS, METRICS, RESULT_FILES, EvaluationConfig, evaluate
     from cf_diffusion.models import load_pipeline
     from cf_diffusion.outputs import check_output_folder
     from cf_diffusion.progress import progress_enabled
@@ -286,8 +286,7 @@ def _evaluate(args) -> None:
         raise ValueError(f"--out {args.out!r} holds {existing} of an earlier evaluation; pass --overwrite to replace")
     pipe = load_pipeline(args.model)
     pipe.set_progress_bar_config(disable=True)  # one bar for the evaluation, not one per batch of edits
-    evaluate(
-        pipe,
+    config = EvaluationConfig(
         args.data,
         args.out,
         metrics=args.metrics or list(METRICS if args.full else EVALUATE_QUICK_METRICS),
@@ -301,6 +300,7 @@ def _evaluate(args) -> None:
         cvae=args.cvae,
         show_progress=progress_enabled(True),
     )
+    evaluate(pipe, config)
     print(f"wrote {args.out}/results.json, results.md, results.png")
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from cf_diffusion.evaluation.harness import shifted_values
+from cf_diffusion.evaluation.interventions import shifted_values
 from cf_diffusion.factors import Factor
 from cf_diffusion.guidance import GuidanceScale
 from cf_diffusion.identification import EditIdentification

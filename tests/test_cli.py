@@ -256,15 +256,15 @@ def test_evaluate_checks_metric_and_method_names_and_defaults_to_the_quick_set(m
         assert exit_info.value.code == 2 and "invalid choice: 'speed'" in capsys.readouterr().err
     calls = []
     monkeypatch.setattr(models, "load_pipeline", lambda name: SimpleNamespace(set_progress_bar_config=dict))
-    monkeypatch.setattr(harness, "evaluate", lambda *args, **kwargs: calls.append(kwargs))
+    monkeypatch.setattr(harness, "evaluate", lambda pipe, config: calls.append(config))
     assert main(["evaluate", "--data", "colored-bars", "--out", str(tmp_path)]) == 0
-    assert calls[0]["metrics"] == ["effectiveness", "ground_truth", "consistency"]
-    assert calls[0]["methods"] == ["ours-ddim", "regenerate"]
+    assert calls[0].metrics == ["effectiveness", "ground_truth", "consistency"]
+    assert calls[0].methods == ["ours-ddim", "regenerate"]
     assert main(["evaluate", "--data", "colored-bars", "--out", str(tmp_path), "--full"]) == 0
-    assert calls[1]["metrics"] == list(harness.METRICS) and calls[1]["methods"] == list(harness.DEFAULT_METHODS)
+    assert calls[1].metrics == list(harness.METRICS) and calls[1].methods == list(harness.DEFAULT_METHODS)
     only = ["--methods", "cvae-scm", "--metrics", "realism"]
     assert main(["evaluate", "--data", "d", "--out", str(tmp_path), *only]) == 0
-    assert calls[2]["metrics"] == ["realism"] and calls[2]["methods"] == ["cvae-scm"]
+    assert calls[2].metrics == ["realism"] and calls[2].methods == ["cvae-scm"]
 
 
 def test_a_folder_whose_columns_are_not_the_graphs_nodes_is_refused_before_any_training(tmp_path, capsys):

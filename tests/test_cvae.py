@@ -14,7 +14,7 @@ from pipeline_fixtures import procedural_pipeline
 
 from cf_diffusion.data import get_dataset
 from cf_diffusion.evaluation.cvae import ConditionalVAE, load_cvae
-from cf_diffusion.evaluation.harness import DEFAULT_METHODS, evaluate
+from cf_diffusion.evaluation.harness import DEFAULT_METHODS, EvaluationConfig, evaluate
 from cf_diffusion.evaluation.methods import EditOptions, Method, apply_method
 from cf_diffusion.training.config import load_config
 from cf_diffusion.training.cvae import train_cvae, train_recipe_cvae
@@ -149,12 +149,11 @@ def test_evaluate_runs_the_baseline_and_refuses_it_without_a_model(tmp_path):
     pipe = procedural_pipeline("colored-bars")
     assert "cvae-scm" not in DEFAULT_METHODS
     with pytest.raises(ValueError, match="needs a conditional VAE: pass --cvae"):
-        evaluate(pipe, "colored-bars", tmp_path, methods=["cvae-scm"], n=2, show_progress=False)
+        evaluate(pipe, EvaluationConfig("colored-bars", tmp_path, methods=["cvae-scm"], n=2, show_progress=False))
     with pytest.raises(ValueError, match="holds no conditional VAE"):
         load_cvae(tmp_path / "missing", SCHEMA)
     tiny_cvae().save_pretrained(tmp_path / "cvae")
-    results = evaluate(
-        pipe,
+    config = EvaluationConfig(
         "colored-bars",
         tmp_path / "out",
         ["effectiveness", "composition"],
@@ -166,6 +165,7 @@ def test_evaluate_runs_the_baseline_and_refuses_it_without_a_model(tmp_path):
         show_progress=False,
         cvae=tmp_path / "cvae",
     )
+    results = evaluate(pipe, config)
     assert set(results["methods"]) == {"cvae-scm", "regenerate@2"}
     record = results["methods"]["cvae-scm"]
     assert set(record["edits"]) == {"do(digit)", "do(size)", "do(color)", "do(bar)"}

@@ -12,16 +12,11 @@ from pipeline_fixtures import procedural_pipeline
 
 from cf_diffusion import CounterfactualDiffusionPipeline
 from cf_diffusion.data import get_dataset, make_dataset
-from cf_diffusion.evaluation.harness import (
-    CounterfactualQuery,
-    consistency_queries,
-    evaluate,
-    judge_estimate,
-    load_evaluation_data,
-    shifted_values,
-    true_probability,
-)
+from cf_diffusion.evaluation.data import load_evaluation_data
+from cf_diffusion.evaluation.harness import EvaluationConfig, evaluate
+from cf_diffusion.evaluation.interventions import shifted_values
 from cf_diffusion.evaluation.methods import EditOptions, Method, apply_method, sdedit
+from cf_diffusion.evaluation.queries import CounterfactualQuery, consistency_queries, judge_estimate, true_probability
 from cf_diffusion.inversion import inference_timesteps
 from cf_diffusion.scm.bounds import counterfactual_bounds
 
@@ -43,7 +38,10 @@ def rows():
 @pytest.fixture(scope="module")
 def full_run(pipe, tmp_path_factory):
     out = tmp_path_factory.mktemp("evaluate")
-    results = evaluate(pipe, "colored-bars", out, n=4, steps=(2,), cycles=(1, 2), table_rows=4000, show_progress=False)
+    config = EvaluationConfig(
+        "colored-bars", out, n=4, steps=(2,), cycles=(1, 2), table_rows=4000, show_progress=False
+    )
+    results = evaluate(pipe, config)
     return out, results
 
 
@@ -52,12 +50,11 @@ def generators(count: int, seed: int = 0) -> list[torch.Generator]:
 
 
 def test_realism_compares_the_edits_with_real_rows_that_were_not_edited(pipe, tmp_path, monkeypatch):
-    import cf_diffusion.evaluation.harness as harness
+    import cf_diffusion.evaluation.scoring as scoring
 
-    sizes, real_fid = [], harness.fid
-    monkeypatch.setattr(harness, "fid", lambda a, b: sizes.append((len(a), len(b))) or real_fid(a, b))
-    results = evaluate(
-        pipe,
+    sizes, real_fid = [], scoring.fid
+    monkeypatch.setattr(scoring, "fid", lambda a, b: sizes.append((len(a), len(b))) or real_fid(a, b))
+    config = EvaluationConfig(
         "colored-bars",
         tmp_path,
         ["realism"],
@@ -67,6 +64,7 @@ def test_realism_compares_the_edits_with_real_rows_that_were_not_edited(pipe, tm
         table_rows=1000,
         show_progress=False,
     )
+    results = evaluate(pipe, config)
     assert sizes == [(16, 256)]  # 4 rows x 4 interventions, against the 256 reference rows (not the 4 edited)
     assert "realism against 256 real rows that were not edited (the reference rows)" in results["notes"]
 
@@ -257,8 +255,7 @@ def test_user_folder_without_ground_truth_skips_truth_with_a_note(pipe, tmp_path
     folder = make_dataset("colored-bars", 12, 16, tmp_path / "data", num_workers=1, show_progress=False)
     (folder / "exogenous.safetensors").unlink()
     (folder / "dataset.json").unlink()
-    results = evaluate(
-        pipe,
+    config = EvaluationConfig(
         folder,
         tmp_path / "out",
         n=4,
@@ -268,6 +265,7 @@ def test_user_folder_without_ground_truth_skips_truth_with_a_note(pipe, tmp_path
         cycles=(1,),
         show_progress=False,
     )
+    results = evaluate(pipe, config)
     assert results["data"]["ground_truth"] is False
     assert any("ground_truth skipped" in note for note in results["notes"])
     entry = results["methods"]["ours-ddim@2"]["edits"]["do(size)"]
@@ -288,15 +286,15 @@ def test_holdout_edits_only_the_folders_last_rows(pipe, tmp_path):
     with pytest.raises(ValueError, match="holdout must be in"):
         load_evaluation_data(pipe, folder, n=3, holdout=13)
     with pytest.raises(ValueError, match="holdout applies to a folder"):
-        evaluate(pipe, "colored-bars", tmp_path / "out", n=2, holdout=4)
+        evaluate(pipe, EvaluationConfig("colored-bars", tmp_path / "out", n=2, holdout=4))
 
 
 def test_bad_arguments_name_the_culprit(pipe, tmp_path):
     with pytest.raises(ValueError, match="metrics"):
-        evaluate(pipe, "colored-bars", tmp_path, metrics=("speed",))
+        evaluate(pipe, EvaluationConfig("colored-bars", tmp_path, metrics=("speed",)))
     with pytest.raises(ValueError, match="methods"):
-        evaluate(pipe, "colored-bars", tmp_path, methods=("magic",))
+        evaluate(pipe, EvaluationConfig("colored-bars", tmp_path, methods=("magic",)))
     with pytest.raises(ValueError, match="neither a procedural dataset"):
-        evaluate(pipe, tmp_path / "missing", tmp_path, n=4)
+        evaluate(pipe, EvaluationConfig(tmp_path / "missing", tmp_path, n=4))
     with pytest.raises(ValueError, match="method kind"):
         Method("other", 2)

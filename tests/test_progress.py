@@ -49,15 +49,15 @@ def test_evaluate_defaults_are_quick_and_full_runs_everything(env, tmp_path, mon
     from cf_diffusion.evaluation import harness
 
     seen = []
-    monkeypatch.setattr(harness, "evaluate", lambda pipe, data, out, **kwargs: seen.append(kwargs))
+    monkeypatch.setattr(harness, "evaluate", lambda pipe, config: seen.append(config))
     base = ["evaluate", "--data", "colored-bars", "--out", str(tmp_path / "eval"), "--quiet"]
     assert main(base) == 0 and main([*base, "--full"]) == 0
     assert main([*base, "--full", "--metrics", "realism", "--methods", "sdedit"]) == 0
     quick, full, chosen = seen
-    assert (quick["metrics"], quick["methods"]) == (list(cli.EVALUATE_QUICK_METRICS), list(cli.EVALUATE_QUICK_METHODS))
-    assert (full["metrics"], full["methods"]) == (list(harness.METRICS), list(harness.DEFAULT_METHODS))
-    assert (chosen["metrics"], chosen["methods"]) == (["realism"], ["sdedit"])
-    assert quick["show_progress"] is False
+    assert (quick.metrics, quick.methods) == (list(cli.EVALUATE_QUICK_METRICS), list(cli.EVALUATE_QUICK_METHODS))
+    assert (full.metrics, full.methods) == (list(harness.METRICS), list(harness.DEFAULT_METHODS))
+    assert (chosen.metrics, chosen.methods) == (["realism"], ["sdedit"])
+    assert quick.show_progress is False
 
 
 def test_a_progress_variable_set_beforehand_decides_instead_of_the_terminal(env):
