@@ -2,7 +2,7 @@
 
 The public names are imported on first use, so the causal core (`cf_diffusion.graph`) loads without diffusers.
 Importing `cf_diffusion.pipelines` (or using `cf_diffusion.CounterfactualDiffusionPipeline`) registers the
-pipeline with diffusers, so a saved pipeline folder loads through the generic `DiffusionPipeline.from_pretrained`
+pipelines with diffusers, so a saved pipeline folder loads through the generic `DiffusionPipeline.from_pretrained`
 as well.
 """
 
@@ -17,6 +17,7 @@ _EXPORTS = {
     "CounterfactualPipelineOutput": "cf_diffusion.pipelines",
     "Factor": "cf_diffusion.factors",
     "FactorEncoder": "cf_diffusion.conditioning",
+    "FactorGenerationPipeline": "cf_diffusion.pipelines",
     "FactorPredictor": "cf_diffusion.predictor",
     "FactorSchema": "cf_diffusion.factors",
     "NeuralCausalModel": "cf_diffusion.scm.ncm",

@@ -20,9 +20,7 @@ factual trajectory outside it at every step, and a final composite at the input'
 pixels back outside it.
 """
 
-import functools
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from typing import Any, Literal
 
 import numpy as np
@@ -37,17 +35,13 @@ from diffusers import (
     UNet2DConditionModel,
 )
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
-from diffusers.image_processor import PipelineImageInput, VaeImageProcessor
-from diffusers.utils import is_xformers_available
-from diffusers.utils.torch_utils import randn_tensor
+from diffusers.image_processor import PipelineImageInput
 
 from cf_diffusion.conditioning import FactorEncoder
-from cf_diffusion.factors import FactorSchema
-from cf_diffusion.guidance import GuidanceScale, change_sources, edit_guidance, factor_weights, is_weight
+from cf_diffusion.guidance import GuidanceScale, change_sources, edit_guidance, factor_weights
 from cf_diffusion.identification import identify_edits
 from cf_diffusion.images import padding_box
 from cf_diffusion.inversion import (
-    ModelFn,
     ddim_invert,
     ddim_step,
     ddpm_noise_maps,
@@ -61,11 +55,22 @@ from cf_diffusion.scm import NeuralCausalModel
 from cf_diffusion.tiling import DEFAULT_TILE_OVERLAP, TileLayout, tile_layout, tiled_model_fn
 
 from .output import CounterfactualPipelineOutput, GenerationPipelineOutput, InversionOutput
+from .pipeline_generation import FactorGenerationPipeline
+from .shared import (
+    DEFAULT_NUM_INFERENCE_STEPS,
+    OUTPUT_TYPES,
+    CallbackOnStepEnd,
+    FactorPipelineMixin,
+    Generator,
+    _check_choice,
+    _check_components,
+    _check_count,
+    _check_generator,
+    _dtypes_looked_up_once,
+    _row_interventions,
+    _rows,
+)
 
-Generator = torch.Generator | list[torch.Generator] | None
-CallbackOnStepEnd = Callable[[DiffusionPipeline, int, int, dict], dict] | PipelineCallback | MultiPipelineCallbacks
-
-DEFAULT_NUM_INFERENCE_STEPS = 50
 DEFAULT_STRENGTH = 1.0
 DEFAULT_ABDUCTION = "ddim"
 DEFAULT_TILE_BATCH_SIZE = 8
@@ -80,44 +85,19 @@ MASK_SEED = 0
 """Seed of the fixed noise `preserve="auto"` adds (the same for every image, so masks do not depend on the batch)."""
 _ABDUCTIONS = ("ddim", "ddpm")
 _GUIDANCE_REFERENCES = ("factual", "null")
-_OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 _PRESERVE_MODES = ("auto", "none")
-
-
-def _is_column(value: Any) -> bool:
-    """True for per-image intervention values (a list, tuple, array or tensor with one entry per image)."""
-    if isinstance(value, torch.Tensor | np.ndarray):
-        return value.ndim >= 1
-    return isinstance(value, list | tuple)
-
-
-def _rows(values: dict[str, list]) -> list[dict[str, Any]]:
-    """`{name: [v0, v1, ...]}` -> `[{name: v0}, {name: v1}, ...]`."""
-    names = list(values)
-    return [dict(zip(names, row, strict=True)) for row in zip(*(values[name] for name in names), strict=True)]
-
-
-def _dtypes_looked_up_once(method: Callable) -> Callable:
-    """Runs a pipeline method with the UNet's and the VAE's dtypes looked up once, at its start (`ModelMixin.dtype`
-    searches every submodule for casting hooks, about a millisecond each time, and one edit asks a dozen times)."""
-
-    @functools.wraps(method)
-    def wrapper(self: "CounterfactualDiffusionPipeline", *args: Any, **kwargs: Any) -> Any:
-        if self._call_dtypes is not None:
-            return method(self, *args, **kwargs)
-        self._call_dtypes = {"unet": self.unet.dtype, "vae": None if self.vae is None else self.vae.dtype}
-        try:
-            return method(self, *args, **kwargs)
-        finally:
-            self._call_dtypes = None
-
-    return wrapper
 
 
 def _check_scale(value: Any, name: str) -> None:
     """A guidance scale that 0 disables must be a number >= 0."""
     if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
         raise ValueError(f"{name} must be a number >= 0 (0 disables it), got {value!r}")
+
+
+def _check_mask_threshold(value: Any) -> None:
+    """The threshold of the `preserve="auto"` mask must be a number in [0, 1]."""
+    if not isinstance(value, int | float) or not 0 <= value <= 1:
+        raise ValueError(f"mask_threshold must be a number in [0, 1], got {value!r}")
 
 
 def _check_predictor_guidance(value: Any, predictor: FactorPredictor | None, name: str) -> None:
@@ -161,7 +141,7 @@ def _unit_range(image: Any) -> Any:
     return image
 
 
-class CounterfactualDiffusionPipeline(DiffusionPipeline):
+class CounterfactualDiffusionPipeline(FactorPipelineMixin, DiffusionPipeline):
     """Counterfactual image editing with a factor-conditioned diffusion model and a neural causal model.
 
     Args:
@@ -193,7 +173,6 @@ class CounterfactualDiffusionPipeline(DiffusionPipeline):
     model_cpu_offload_seq = "factor_predictor->text_encoder->factor_encoder->unet->vae"
     _optional_components = ["vae", "factor_predictor", "inverse_scheduler", "text_encoder", "tokenizer"]
     _exclude_from_cpu_offload = ["scm"]
-    _callback_tensor_inputs = ["latents"]
 
     def __init__(
         self,
@@ -214,25 +193,11 @@ class CounterfactualDiffusionPipeline(DiffusionPipeline):
         super().__init__()
         _check_predictor_guidance(default_predictor_guidance, factor_predictor, "default_predictor_guidance")
         _check_scale(default_keep_guidance, "default_keep_guidance")
-        if default_abduction not in _ABDUCTIONS:
-            raise ValueError(f"default_abduction must be one of {list(_ABDUCTIONS)}, got {default_abduction!r}")
+        _check_choice(default_abduction, name="default_abduction", choices=_ABDUCTIONS)
         factor_weights(factor_encoder.schema, None, default_guidance_scale)
-        if not isinstance(scheduler, DDIMScheduler):
-            raise ValueError(
-                f"scheduler must be a DDIMScheduler (inversion and DDPM noise maps replay its step), "
-                f"got {type(scheduler).__name__}; convert with DDIMScheduler.from_config(scheduler.config)"
-            )
-        if scm.schema.names != factor_encoder.schema.names:
-            raise ValueError(
-                f"scm factors {scm.schema.names} must be the factor_encoder's factors {factor_encoder.schema.names}"
-            )
-        if (text_encoder is None) != (tokenizer is None):
-            raise ValueError("text_encoder and tokenizer go together: pass both or neither")
-        if not factor_encoder.config.cross_attention_tokens and text_encoder is None:
-            raise ValueError(
-                "factor_encoder has cross_attention_tokens=False (the UNet cross-attends to prompt tokens only), so "
-                "the pipeline needs a text_encoder and a tokenizer"
-            )
+        _check_components(
+            scheduler=scheduler, factor_encoder=factor_encoder, scm=scm, text_encoder=text_encoder, tokenizer=tokenizer
+        )
         self.register_modules(
             unet=unet,
             scheduler=scheduler,
@@ -250,17 +215,10 @@ class CounterfactualDiffusionPipeline(DiffusionPipeline):
             default_predictor_guidance=default_predictor_guidance,
             default_keep_guidance=default_keep_guidance,
         )
-        self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1) if vae is not None else 1
-        self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor, do_resize=False)
-        self._call_dtypes: dict[str, torch.dtype | None] | None = None
+        self._set_up_processing()
         self._keep_scale: torch.Tensor | None = None
 
     # ------------------------------------------------------------------ properties
-
-    @property
-    def schema(self) -> FactorSchema:
-        """The factors the model is conditioned on."""
-        return self.factor_encoder.schema
 
     @property
     def image_channels(self) -> int:
@@ -280,47 +238,19 @@ class CounterfactualDiffusionPipeline(DiffusionPipeline):
 
     @property
     def guidance_scale(self) -> float | torch.Tensor:
-        """The guidance weight in use: a number in `generate`, one weight per output image Tensor[N, 1, 1, 1] in an
-        edit (`cf_diffusion.guidance.edit_guidance`)."""
+        """The guidance weight in use: one weight per output image Tensor[N, 1, 1, 1]
+        (`cf_diffusion.guidance.edit_guidance`)."""
         return self._guidance_scale
-
-    @property
-    def num_timesteps(self) -> int:
-        return self._num_timesteps
-
-    def _dtype(self, component: str) -> torch.dtype:
-        """The dtype of the `"unet"` or the `"vae"`: the one looked up at the start of this call, if in one."""
-        if self._call_dtypes is not None:
-            return self._call_dtypes[component]
-        return getattr(self, component).dtype
-
-    @property
-    def interrupt(self) -> bool:
-        return self._interrupt
-
-    def enable_xformers_memory_efficient_attention(self, attention_op: Callable | None = None) -> None:
-        """Uses xformers' memory-efficient attention in every attention layer.
-
-        Raises:
-            ImportError: If xformers is not installed (PyTorch's scaled-dot-product attention, the default, needs
-                nothing).
-        """
-        if not is_xformers_available():
-            raise ImportError(
-                "xformers is not installed, so its memory-efficient attention cannot be enabled. Install it with "
-                "`pip install cf-diffusion[xformers]` (it needs a CUDA GPU), or keep the default attention: PyTorch's "
-                "scaled_dot_product_attention is already memory-efficient."
-            )
-        super().enable_xformers_memory_efficient_attention(attention_op)
 
     # ------------------------------------------------------------------ input checks and preparation
 
     def check_inputs(
         self,
+        *,
         image: torch.Tensor | None,
         batch_size: int,
-        interventions: Mapping[str, Any] | None,
-        factors: Any,
+        interventions: Mapping[str, Any] | None = None,
+        factors: Any = None,
         num_counterfactuals: int = 1,
         guidance_scale: GuidanceScale = None,
         guidance_reference: str = "factual",
@@ -335,10 +265,12 @@ class CounterfactualDiffusionPipeline(DiffusionPipeline):
         mask_threshold: float = DEFAULT_MASK_THRESHOLD,
         inversion: InversionOutput | None = None,
     ) -> None:
-        """Validates the inputs of `__call__`, `invert` and `generate`; each problem raises a ValueError naming it.
+        """Validates the inputs of `__call__` and `invert` (keyword arguments only; what a call does not take keeps
+        its default); each problem raises a ValueError naming it. The factors and the interventions are checked by
+        the schema (`FactorSchema.check_factors`, `FactorSchema.check_interventions`), the rest by small helpers.
 
         Args:
-            image: Tensor[B, C, H, W] after preprocessing, or None (with an inversion, or when generating).
+            image: Tensor[B, C, H, W] after preprocessing, or None (with an inversion).
             batch_size: B, the number of images.
             interventions: {name: value | callable | per-image column}, or None.
             factors: The factual factors as the user gave them (table forms of `FactorSchema.to_values`), or None.
@@ -359,98 +291,54 @@ class CounterfactualDiffusionPipeline(DiffusionPipeline):
         Raises:
             ValueError: On any bad input.
         """
-        schema = self.schema
-        if image is not None:
-            self._check_image_size(image, working_size)
-        if factors is None and image is not None and self.factor_predictor is None:
-            raise ValueError(
-                f"factors were not given and the pipeline has no factor_predictor to read them off the image; pass "
-                f"factors={{...}} with every factor of {schema.names}"
-            )
-        if factors is not None:
-            rows = len(next(iter(schema.to_values(factors).values())))
-            if rows != batch_size:
-                raise ValueError(
-                    f"factors describe {rows} image(s) but {batch_size} image(s) were given; give one value per "
-                    f"factor for one image, or one row (or column entry) per image"
-                )
-        if interventions is not None:
-            if not isinstance(interventions, Mapping):
-                raise ValueError(
-                    "interventions must be a dict {factor name: value or callable}, "
-                    f"got {type(interventions).__name__}"
-                )
-            for name, value in interventions.items():
-                if name not in schema:
-                    raise ValueError(
-                        f"unknown factor {name!r} in interventions; the model's factors are {schema.names}"
-                    )
-                if callable(value):
-                    continue
-                column = value if _is_column(value) else [value]
-                if len(column) not in (1, batch_size):
-                    raise ValueError(
-                        f"intervention on {name!r} has {len(column)} values; expected one value or {batch_size} "
-                        "(one per image)"
-                    )
-                schema.to_values({name: column}, partial=True)
-        if not isinstance(num_counterfactuals, int) or num_counterfactuals < 1:
-            raise ValueError(f"num_counterfactuals must be an integer >= 1, got {num_counterfactuals!r}")
-        factor_weights(schema, guidance_scale)
-        if guidance_reference not in _GUIDANCE_REFERENCES:
-            raise ValueError(
-                f"guidance_reference must be one of {list(_GUIDANCE_REFERENCES)}, got {guidance_reference!r}"
-            )
-        if abduction is not None and abduction not in _ABDUCTIONS:
-            raise ValueError(f"abduction must be one of {list(_ABDUCTIONS)}, got {abduction!r}")
-        if isinstance(generator, list) and len(generator) != batch_size:
-            raise ValueError(
-                f"generator is a list of {len(generator)} generators but there are {batch_size} image(s); pass one "
-                "generator per image, or a single generator"
-            )
-        if output_type not in _OUTPUT_TYPES:
-            raise ValueError(f"output_type must be one of {list(_OUTPUT_TYPES)}, got {output_type!r}")
-        if prompt is not None:
-            if self.text_encoder is None:
-                raise ValueError("a prompt was given but the pipeline has no text_encoder")
-            if isinstance(prompt, list) and len(prompt) != batch_size:
-                raise ValueError(f"prompt is a list of {len(prompt)} prompts but there are {batch_size} image(s)")
-            if not isinstance(prompt, str | list):
-                raise ValueError(f"prompt must be a string or a list of strings, got {type(prompt).__name__}")
+        self._check_images(image=image, batch_size=batch_size, factors=factors, working_size=working_size)
+        self.schema.check_interventions(interventions, batch_size=batch_size)
+        _check_count(num_counterfactuals, name="num_counterfactuals")
+        factor_weights(self.schema, guidance_scale)
+        _check_choice(guidance_reference, name="guidance_reference", choices=_GUIDANCE_REFERENCES)
+        if abduction is not None:
+            _check_choice(abduction, name="abduction", choices=_ABDUCTIONS)
+        _check_generator(generator, batch_size=batch_size)
+        _check_choice(output_type, name="output_type", choices=OUTPUT_TYPES)
+        self._check_prompt(prompt, batch_size=batch_size)
         if mask is not None:
-            self._check_mask("mask", mask, batch_size, image, working_size, inversion)
+            self._check_mask(
+                mask, name="mask", batch_size=batch_size, image=image, working_size=working_size, inversion=inversion
+            )
         if preserve is not None:
-            if isinstance(preserve, torch.Tensor):
-                self._check_mask("preserve", preserve, batch_size, image, working_size, inversion)
-            elif not isinstance(preserve, str) or preserve not in _PRESERVE_MODES:
-                raise ValueError(
-                    f"preserve must be one of {list(_PRESERVE_MODES)} or a mask Tensor[B or 1, 1, H, W], "
-                    f"got {preserve!r}"
-                )
-            if not isinstance(preserve, str) or preserve != "none":
-                if mask is not None:
-                    raise ValueError(
-                        "pass either mask (latent space only) or preserve (latent space and the input's pixels), "
-                        "not both"
-                    )
-                if image is None:
-                    raise ValueError(
-                        "preserve puts the input's own pixels back outside the mask, so it needs image (not an "
-                        "inversion); with an inversion use mask= (latent space only) or preserve='none'"
-                    )
+            self._check_preserve(
+                preserve,
+                mask=mask,
+                batch_size=batch_size,
+                image=image,
+                working_size=working_size,
+                inversion=inversion,
+            )
         if working_size is not None and image is None:
             raise ValueError("working_size resizes the image; an inversion is already at the size it was made at")
-        if not isinstance(mask_threshold, int | float) or not 0 <= mask_threshold <= 1:
-            raise ValueError(f"mask_threshold must be a number in [0, 1], got {mask_threshold!r}")
-        if callback_on_step_end_tensor_inputs is not None:
-            unknown = [k for k in callback_on_step_end_tensor_inputs if k not in self._callback_tensor_inputs]
-            if unknown:
-                raise ValueError(
-                    f"callback_on_step_end_tensor_inputs {unknown} are not available; choose from "
-                    f"{self._callback_tensor_inputs}"
-                )
+        _check_mask_threshold(mask_threshold)
+        self._check_callback_inputs(callback_on_step_end_tensor_inputs)
 
-    def _check_image_size(self, image: torch.Tensor, working_size: int | None) -> None:
+    def _check_images(
+        self, *, image: torch.Tensor | None, batch_size: int, factors: Any, working_size: int | None
+    ) -> None:
+        """The images (if any) fit the model at the working size (`_check_image_size`), and their factual factors
+        are given, one row per image, or the factor predictor reads them off.
+
+        Raises:
+            ValueError: On images the model cannot edit, bad factors, or neither factors nor a factor predictor.
+        """
+        if image is not None:
+            self._check_image_size(image, working_size=working_size)
+            if factors is None and self.factor_predictor is None:
+                raise ValueError(
+                    f"factors were not given and the pipeline has no factor_predictor to read them off the image; "
+                    f"pass factors={{...}} with every factor of {self.schema.names}"
+                )
+        if factors is not None:
+            self.schema.check_factors(factors, batch_size=batch_size)
+
+    def _check_image_size(self, image: torch.Tensor, *, working_size: int | None) -> None:
         """Channels must be the model's; the sides at the working size must be multiples of `size_multiple` and at
         least the model's size.
 
@@ -485,29 +373,38 @@ class CounterfactualDiffusionPipeline(DiffusionPipeline):
         multiple, shorter = self.size_multiple, min(height, width)
         return tuple(round(side * working_size / shorter / multiple) * multiple for side in (height, width))
 
+    def _mask_shapes(
+        self, *, image: torch.Tensor | None, working_size: int | None, inversion: InversionOutput | None
+    ) -> tuple[tuple[int, int], tuple[int, int]]:
+        """The (height, width) of the image and of the latent, the two sizes a mask may have: those of `image` (and
+        its latent at the working size), else of the inversion's latent, else the model's size."""
+        factor = self.vae_scale_factor
+        if image is not None:
+            pixel_shape = tuple(image.shape[-2:])
+            return pixel_shape, tuple(side // factor for side in self._working_shape(*pixel_shape, working_size))
+        if inversion is not None:
+            latent_shape = tuple(inversion.trajectory.shape[-2:])
+            return tuple(side * factor for side in latent_shape), latent_shape
+        size = (self.image_size, self.image_size)
+        return size, size
+
     def _check_mask(
         self,
-        name: str,
         mask: Any,
+        *,
+        name: str,
         batch_size: int,
         image: torch.Tensor | None,
         working_size: int | None,
         inversion: InversionOutput | None,
     ) -> None:
-        """A mask must be Tensor[B or 1, 1, H, W] in [0, 1] at the image's or the latent's resolution.
+        """A mask must be Tensor[B or 1, 1, H, W] in [0, 1] at the image's or the latent's resolution
+        (`_mask_shapes`).
 
         Raises:
             ValueError: Naming `name` (the argument) on any other mask.
         """
-        factor = self.vae_scale_factor
-        if image is not None:
-            pixel_shape = tuple(image.shape[-2:])
-            latent_shape = tuple(side // factor for side in self._working_shape(*pixel_shape, working_size))
-        elif inversion is not None:
-            latent_shape = tuple(inversion.trajectory.shape[-2:])
-            pixel_shape = tuple(side * factor for side in latent_shape)
-        else:
-            pixel_shape = latent_shape = (self.image_size, self.image_size)
+        pixel_shape, latent_shape = self._mask_shapes(image=image, working_size=working_size, inversion=inversion)
         if (
             not isinstance(mask, torch.Tensor)
             or mask.ndim != 4
@@ -522,6 +419,47 @@ class CounterfactualDiffusionPipeline(DiffusionPipeline):
             )
         if mask.min() < 0 or mask.max() > 1:
             raise ValueError(f"{name} values must lie in [0, 1] (1 = may change, 0 = keep the input)")
+
+    def _check_preserve(
+        self,
+        preserve: Any,
+        *,
+        mask: torch.Tensor | None,
+        batch_size: int,
+        image: torch.Tensor | None,
+        working_size: int | None,
+        inversion: InversionOutput | None,
+    ) -> None:
+        """`preserve` must be one of `_PRESERVE_MODES` or a mask (`_check_mask`); one that keeps part of the input
+        puts the input's pixels back, so it needs `image`, and replaces `mask`.
+
+        Raises:
+            ValueError: On another value, a `preserve` beside `mask`, or one without `image`.
+        """
+        if isinstance(preserve, torch.Tensor):
+            self._check_mask(
+                preserve,
+                name="preserve",
+                batch_size=batch_size,
+                image=image,
+                working_size=working_size,
+                inversion=inversion,
+            )
+        elif not isinstance(preserve, str) or preserve not in _PRESERVE_MODES:
+            raise ValueError(
+                f"preserve must be one of {list(_PRESERVE_MODES)} or a mask Tensor[B or 1, 1, H, W], got {preserve!r}"
+            )
+        if isinstance(preserve, str) and preserve == "none":
+            return
+        if mask is not None:
+            raise ValueError(
+                "pass either mask (latent space only) or preserve (latent space and the input's pixels), not both"
+            )
+        if image is None:
+            raise ValueError(
+                "preserve puts the input's own pixels back outside the mask, so it needs image (not an inversion); "
+                "with an inversion use mask= (latent space only) or preserve='none'"
+            )
 
     def _resolve_schedule(
         self,
@@ -639,10 +577,7 @@ class CounterfactualDiffusionPipeline(DiffusionPipeline):
             parts = []
             for b, g in enumerate(generator):
                 row = {name: column[b : b + 1] for name, column in values.items()}
-                row_interventions = {
-                    name: value[b : b + 1] if _is_column(value) and len(value) > 1 else value
-                    for name, value in interventions.items()
-                }
+                row_interventions = _row_interventions(interventions, b)
                 parts.append(self.scm.counterfactual(row, row_interventions, num_counterfactuals, generator=g))
             counterfactual = {name: torch.cat([part[name] for part in parts]) for name in schema.names}
         else:
@@ -651,59 +586,6 @@ class CounterfactualDiffusionPipeline(DiffusionPipeline):
             )
         flat = {name: column.reshape(-1) for name, column in counterfactual.items()}
         return schema.normalize(flat).to(factual.device)
-
-    def _encode_prompt(
-        self, prompt: str | list[str] | None, batch_size: int, device: torch.device
-    ) -> torch.Tensor | None:
-        """Prompt tokens Tensor[B, L, D] (an empty prompt when a text encoder exists and none is given), or None."""
-        if self.text_encoder is None:
-            return None
-        prompts = [prompt or ""] * batch_size if not isinstance(prompt, list) else prompt
-        tokens = self.tokenizer(
-            prompts,
-            padding="max_length",
-            max_length=self.tokenizer.model_max_length,
-            truncation=True,
-            return_tensors="pt",
-        )
-        return self.text_encoder(tokens.input_ids.to(device))[0]
-
-    def _unet_kwargs(
-        self, factors: torch.Tensor, known: torch.Tensor | None, prompt_embeds: torch.Tensor | None
-    ) -> dict[str, torch.Tensor]:
-        """UNet conditioning for factors Tensor[N, F] (and prompt tokens Tensor[N, L, D]): keyword arguments."""
-        dtype = self._dtype("unet")
-        cond = self.factor_encoder(factors.to(self.factor_encoder.device), known)
-        tokens = cond.tokens.to(dtype)
-        kwargs = {"encoder_hidden_states": self.factor_encoder.encoder_hidden_states(tokens, prompt_embeds)}
-        if self.unet.config.class_embed_type == "projection":
-            kwargs["class_labels"] = cond.vector.to(dtype)
-        return kwargs
-
-    def _model_fn(self, x: torch.Tensor, t: torch.Tensor, kwargs: dict[str, torch.Tensor]) -> torch.Tensor:
-        """The UNet as the inversion functions call it: model output Tensor[B, c, h, w]."""
-        return self.unet(x, t, **kwargs, return_dict=False)[0]
-
-    def _guided_model_output(
-        self,
-        model_fn: ModelFn,
-        latents: torch.Tensor,
-        t: torch.Tensor,
-        kwargs: dict[str, torch.Tensor],
-        guided: bool,
-        kept: bool = False,
-    ) -> torch.Tensor:
-        """The output of `model_fn` (the UNet, or its tiled version) at `latents`. `kwargs` stack along the batch (as
-        `_stack_branches` makes them) the reference branch when guided, the conditional branch, and the conditional
-        branch with the kept factors unknown when `kept`; all run in one call. Returns `out_ref + w (out - out_ref)`
-        (`out` unguided), plus `gamma (out - out_unkept)` when `kept` (`__call__`'s `keep_guidance`)."""
-        count = 1 + guided + kept
-        outputs = model_fn(torch.cat([latents] * count), t, kwargs).chunk(count)
-        conditional = outputs[int(guided)]
-        output = outputs[0] + self.guidance_scale * (conditional - outputs[0]) if guided else conditional
-        if kept:
-            output = output + self._keep_scale * (conditional - outputs[-1])
-        return output
 
     def _predicted_noise(self, model_output: torch.Tensor, sample: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """The model's output at `(sample, t)` as a noise prediction eps, whatever the scheduler's prediction type."""
@@ -741,25 +623,6 @@ class CounterfactualDiffusionPipeline(DiffusionPipeline):
             return model_output + shift / alpha_bar.sqrt()
         return model_output - shift * (1 - alpha_bar).sqrt() / alpha_bar.sqrt()
 
-    @staticmethod
-    def _stack_branches(*branches: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """The conditionings of several branches stacked along the batch, in order: Tensor[K N, ...]."""
-        return {name: torch.cat([branch[name] for branch in branches]) for name in branches[0]}
-
-    @contextmanager
-    def _vae_tiling(self, height: int, width: int) -> Iterator[None]:
-        """Tiled VAE encoding and decoding (`vae.enable_tiling()`) for images of `height` x `width` pixels larger
-        than the VAE's sample size; the VAE's own setting is restored afterwards."""
-        vae = self.vae
-        if vae is None or vae.use_tiling or max(height, width) <= vae.config.sample_size:
-            yield
-            return
-        vae.enable_tiling()
-        try:
-            yield
-        finally:
-            vae.disable_tiling()
-
     def encode_images(self, pixels: torch.Tensor, device: torch.device) -> torch.Tensor:
         """Pixels Tensor[B, C, H, W] in [-1, 1] -> the diffusion model's clean samples: latents
         `vae.encode(x).latent_dist.mean * scaling_factor` with a VAE (tiled above its sample size), else the pixels
@@ -792,14 +655,7 @@ class CounterfactualDiffusionPipeline(DiffusionPipeline):
         """
         if output_type == "latent":
             return latents
-        images = latents
-        if self.vae is not None:
-            size = [side * self.vae_scale_factor for side in latents.shape[-2:]]
-            with self._vae_tiling(*size):
-                images = self.vae.decode(
-                    latents.to(self._dtype("vae")) / self.vae.config.scaling_factor, return_dict=False
-                )[0]
-        images = images.float()
+        images = self._decode(latents)
         if reference is not None:
             images = _resize(images, reference.shape[-2:])
         if pixel_mask is not None:
@@ -882,20 +738,6 @@ class CounterfactualDiffusionPipeline(DiffusionPipeline):
         mask = (difference / peak >= threshold) & changed[:, None, None, None]
         return F.max_pool2d(mask.to(x0.dtype), kernel_size=3, stride=1, padding=1)
 
-    def _callback(
-        self,
-        callback_on_step_end: CallbackOnStepEnd | None,
-        tensor_inputs: list[str],
-        step: int,
-        t: torch.Tensor,
-        latents: torch.Tensor,
-    ) -> torch.Tensor:
-        """Runs the step callback, which may read and replace the latents."""
-        if callback_on_step_end is None:
-            return latents
-        outputs = callback_on_step_end(self, step, t, {"latents": latents} if "latents" in tensor_inputs else {})
-        return outputs.pop("latents", latents)
-
     # ------------------------------------------------------------------ abduction
 
     @torch.no_grad()
@@ -939,10 +781,9 @@ class CounterfactualDiffusionPipeline(DiffusionPipeline):
         pixels, _ = self._pad_smaller(self._preprocess_image(image))
         batch_size = pixels.shape[0]
         self.check_inputs(
-            pixels,
-            batch_size,
-            None,
-            factors,
+            image=pixels,
+            batch_size=batch_size,
+            factors=factors,
             abduction=abduction,
             generator=generator,
             prompt=prompt,
@@ -1108,23 +949,23 @@ class CounterfactualDiffusionPipeline(DiffusionPipeline):
             pixels, box = self._pad_smaller(self._preprocess_image(image))
             batch_size = pixels.shape[0]
         self.check_inputs(
-            pixels,
-            batch_size,
-            interventions,
-            factors,
-            num_counterfactuals,
-            guidance_scale,
-            guidance_reference,
-            abduction,
-            generator,
-            output_type,
-            prompt,
-            mask,
-            callback_on_step_end_tensor_inputs,
-            working_size,
-            preserve,
-            mask_threshold,
-            inversion,
+            image=pixels,
+            batch_size=batch_size,
+            interventions=interventions,
+            factors=factors,
+            num_counterfactuals=num_counterfactuals,
+            guidance_scale=guidance_scale,
+            guidance_reference=guidance_reference,
+            abduction=abduction,
+            generator=generator,
+            output_type=output_type,
+            prompt=prompt,
+            mask=mask,
+            callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
+            working_size=working_size,
+            preserve=preserve,
+            mask_threshold=mask_threshold,
+            inversion=inversion,
         )
         preserve = self._resolve_preserve(preserve, mask, pixels)
         if predictor_guidance is None:
@@ -1227,114 +1068,25 @@ class CounterfactualDiffusionPipeline(DiffusionPipeline):
 
     # ------------------------------------------------------------------ generation
 
-    @torch.no_grad()
-    @_dtypes_looked_up_once
-    def generate(
-        self,
-        interventions: Mapping[str, Any] | None = None,
-        num_images: int = 1,
-        factors: Any = None,
-        num_inference_steps: int = DEFAULT_NUM_INFERENCE_STEPS,
-        guidance_scale: float = 3.0,
-        prompt: str | list[str] | None = None,
-        generator: Generator = None,
-        latents: torch.Tensor | None = None,
-        output_type: Literal["pil", "np", "pt", "latent"] = "pil",
-        return_dict: bool = True,
-        callback_on_step_end: CallbackOnStepEnd | None = None,
-        callback_on_step_end_tensor_inputs: list[str] | None = None,
-    ) -> GenerationPipelineOutput | tuple:
-        """Samples factors from the causal model (observational or interventional), then images from noise.
-
-        Args:
-            interventions: `{name: value | callable}` for `scm.sample`; None samples the observational distribution.
-            num_images: N.
-            factors: Generate for these factors instead of sampling them (then `interventions` must be None and N
-                is their number of rows).
-            num_inference_steps: DDIM steps.
-            guidance_scale: Classifier-free guidance over factors, w in `eps_null + w (eps - eps_null)` with every
-                factor unknown in the null branch; 1 disables it.
-            prompt: Prompt(s) for a pipeline with a text encoder.
-            generator: A generator or a list of N (one per image).
-            latents: Optional starting noise Tensor[N, c, h, w].
-            output_type: `"pil"`, `"np"`, `"pt"` or `"latent"`.
-            return_dict: Return a `GenerationPipelineOutput` (True) or the tuple `(images, factors)`.
-            callback_on_step_end: As in `__call__`.
-            callback_on_step_end_tensor_inputs: As in `__call__`.
+    def generate(self, *args: Any, **kwargs: Any) -> GenerationPipelineOutput | tuple:
+        """Samples factors from the causal model (observational or interventional), then images from noise: runs a
+        `FactorGenerationPipeline` over this pipeline's components (shared, not copied) with these arguments (see
+        its `__call__`), reporting progress through this pipeline's progress bar. Its step callback receives that
+        generation pipeline.
 
         Returns:
             GenerationPipelineOutput (or a tuple of its fields).
         """
-        if isinstance(callback_on_step_end, PipelineCallback | MultiPipelineCallbacks):
-            callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
-        callback_on_step_end_tensor_inputs = callback_on_step_end_tensor_inputs or ["latents"]
-        if not is_weight(guidance_scale):
-            raise ValueError(
-                f"guidance_scale of generate must be one number >= 0 (classifier-free guidance over all factors), "
-                f"got {guidance_scale!r}"
-            )
-        if factors is not None:
-            if interventions is not None:
-                raise ValueError("pass either factors or interventions to generate, not both")
-            num_images = len(next(iter(self.schema.to_values(factors).values())))
-        if not isinstance(num_images, int) or num_images < 1:
-            raise ValueError(f"num_images must be an integer >= 1, got {num_images!r}")
-        self.check_inputs(
-            None,
-            num_images,
-            interventions,
-            factors,
-            guidance_scale=guidance_scale,
-            generator=generator,
-            output_type=output_type,
-            prompt=prompt,
-            callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
+        generation = FactorGenerationPipeline(
+            unet=self.unet,
+            scheduler=self.scheduler,
+            factor_encoder=self.factor_encoder,
+            scm=self.scm,
+            vae=self.vae,
+            text_encoder=self.text_encoder,
+            tokenizer=self.tokenizer,
         )
-        shape = (num_images, self.unet.config.in_channels, self.unet.config.sample_size, self.unet.config.sample_size)
-        if latents is not None and tuple(latents.shape) != shape:
-            raise ValueError(f"latents must have shape {shape}, got {tuple(latents.shape)}")
-        self._guidance_scale = guidance_scale
-        self._interrupt = False
-        device = self._execution_device
-
-        if factors is not None:
-            encoded = self.schema.encode(factors).to(device)
-        elif isinstance(generator, list):
-            rows = []
-            for b, g in enumerate(generator):
-                row_interventions = {
-                    name: value[b : b + 1] if _is_column(value) and len(value) > 1 else value
-                    for name, value in (interventions or {}).items()
-                }
-                rows.append(self.schema.normalize(self.scm.sample(1, row_interventions, generator=g)))
-            encoded = torch.cat(rows).to(device)
-        else:
-            encoded = self.schema.normalize(self.scm.sample(num_images, interventions, generator=generator)).to(device)
-
-        timesteps = inference_timesteps(self.scheduler, num_inference_steps, 1.0, device)
-        self._num_timesteps = len(timesteps)
-        if latents is None:
-            latents = randn_tensor(shape, generator=generator, device=device, dtype=self._dtype("unet"))
-        latents = latents.to(device=device, dtype=self._dtype("unet")) * self.scheduler.init_noise_sigma
-        prompt_embeds = self._encode_prompt(prompt, num_images, device)
-        kwargs = self._unet_kwargs(encoded, None, prompt_embeds)
-        guided = guidance_scale != 1
-        if guided:
-            unknown = torch.zeros_like(encoded, dtype=torch.bool)
-            kwargs = self._stack_branches(self._unet_kwargs(encoded, unknown, prompt_embeds), kwargs)
-
-        with self.progress_bar(total=len(timesteps)) as progress_bar:
-            for i, t in enumerate(timesteps):
-                if self.interrupt:
-                    continue
-                model_output = self._guided_model_output(self._model_fn, latents, t, kwargs, guided)
-                latents = ddim_step(self.scheduler, model_output, t, latents)
-                latents = self._callback(callback_on_step_end, callback_on_step_end_tensor_inputs, i, t, latents)
-                progress_bar.update()
-
-        images = self._decode_latents(latents, output_type)
+        generation.progress_bar = self.progress_bar
+        output = generation(*args, **kwargs)
         self.maybe_free_model_hooks()
-        factor_rows = _rows(self.schema.decode(encoded.cpu()))
-        if not return_dict:
-            return images, factor_rows
-        return GenerationPipelineOutput(images=images, factors=factor_rows)
+        return output
