@@ -393,3 +393,68 @@ class FactorSchema:
                 text = f"{float(value):.{precision}f}"
             parts.append(f"{factor.name}={text}")
         return " ".join(parts)
+
+    # ------------------------------------------------------------------ checks of a pipeline's inputs
+
+    def check_factors(self, table: Any, batch_size: int | None = None) -> int:
+        """Checks the factors given for a batch of images: a full table of valid values, one row per image.
+
+        Args:
+            table: Any accepted table (see `to_values`) with every factor; one row dict is one image.
+            batch_size: The number of images the table must describe; None accepts any.
+
+        Returns:
+            The table's number of rows.
+
+        Raises:
+            ValueError: On a bad table (see `to_values`), or a number of rows other than `batch_size`.
+        """
+        rows = len(next(iter(self.to_values(table).values())))
+        if batch_size is not None and rows != batch_size:
+            raise ValueError(
+                f"factors describe {rows} image(s) but {batch_size} image(s) were given; give one value per "
+                f"factor for one image, or one row (or column entry) per image"
+            )
+        return rows
+
+    def check_interventions(self, interventions: Any, batch_size: int) -> None:
+        """Checks interventions on a batch of images: `{name: value | callable | per-image column}`, each as
+        `_check_intervention` takes it; None is no intervention.
+
+        Raises:
+            ValueError: On something other than a mapping, or a bad intervention.
+        """
+        from collections.abc import Mapping
+
+        if interventions is None:
+            return
+        if not isinstance(interventions, Mapping):
+            raise ValueError(
+                f"interventions must be a dict {{factor name: value or callable}}, got {type(interventions).__name__}"
+            )
+        for name, value in interventions.items():
+            self._check_intervention(name, value, batch_size=batch_size)
+
+    def _check_intervention(self, name: Any, value: Any, batch_size: int) -> None:
+        """One intervention on a batch of `batch_size` images: a factor of the schema set to a callable (a shift of
+        its factual value), one valid value, or a column of one value per image (a list, tuple, array or tensor with
+        at least one dimension).
+
+        Raises:
+            ValueError: On an unknown factor, a column of another length than 1 or `batch_size`, or a bad value.
+        """
+        if name not in self:
+            raise ValueError(f"unknown factor {name!r} in interventions; the model's factors are {self.names}")
+        if callable(value):
+            return
+        if isinstance(value, torch.Tensor | np.ndarray):
+            per_image = value.ndim >= 1
+        else:
+            per_image = isinstance(value, list | tuple)
+        column = value if per_image else [value]
+        if len(column) not in (1, batch_size):
+            raise ValueError(
+                f"intervention on {name!r} has {len(column)} values; expected one value or {batch_size} "
+                "(one per image)"
+            )
+        self.to_values({name: column}, partial=True)
