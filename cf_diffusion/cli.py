@@ -5,6 +5,15 @@ import importlib
 import sys
 from pathlib import Path
 
+from cf_diffusion.editing_defaults import (
+    ABDUCTIONS,
+    DEFAULT_MASK_THRESHOLD,
+    DEFAULT_NUM_INFERENCE_STEPS,
+    DEFAULT_STRENGTH,
+    DEFAULT_TILE_BATCH_SIZE,
+    PRESERVE_MODES,
+)
+
 EVALUATE_QUICK_METRICS = ("effectiveness", "ground_truth", "consistency")
 """`evaluate`'s default metrics (--full: every metric); the others run many more edits or reference images."""
 EVALUATE_QUICK_METHODS = ("ours-ddim", "regenerate")
@@ -317,7 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cf-diffusion", description="Causal counterfactual image editing.")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    def editing_options(p: argparse.ArgumentParser, steps: int = 50) -> None:
+    def editing_options(p: argparse.ArgumentParser, steps: int = DEFAULT_NUM_INFERENCE_STEPS) -> None:
         p.add_argument("--model", default="default", help="'default', a shipped model name, or a pipeline folder")
         p.add_argument("--steps", type=int, default=steps, help="sampling steps")
         p.add_argument(
@@ -341,8 +350,8 @@ def build_parser() -> argparse.ArgumentParser:
     edit.add_argument("--image", help="the image to edit")
     edit.add_argument("--do", required=True, help="interventions, e.g. 'color=green' or 'size=large,color=red'")
     edit.add_argument("--factors", help="the image's factual factors (default: read off the image)")
-    edit.add_argument("--strength", type=float, default=1.0, help="inversion depth in (0, 1]")
-    edit.add_argument("--abduction", choices=("ddim", "ddpm"), help="default: the model's (saved with it)")
+    edit.add_argument("--strength", type=float, default=DEFAULT_STRENGTH, help="inversion depth in (0, 1]")
+    edit.add_argument("--abduction", choices=ABDUCTIONS, help="default: the model's (saved with it)")
     edit.add_argument("--out", help="output PNG (with --image)")
     edit.add_argument("--input-dir", help="edit every image of a folder (split across accelerate processes)")
     edit.add_argument(
@@ -352,14 +361,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     edit.add_argument(
         "--preserve",
-        choices=("auto", "none"),
+        choices=PRESERVE_MODES,
         help="auto: keep the input's own pixels outside the region the intervention affects (default for images "
         "larger than the model's size); none: let the whole image change",
     )
     edit.add_argument(
         "--mask-threshold",
         type=float,
-        help="--preserve auto: fraction of the largest effect from which a region is masked (default 0.1)",
+        help="--preserve auto: fraction of the largest effect from which a region is masked (default "
+        f"{DEFAULT_MASK_THRESHOLD})",
     )
     edit.add_argument(
         "--working-size",
@@ -367,7 +377,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="shorter side in pixels at which to run the diffusion (e.g. 128 for a 1024 px photo; default: the "
         "image's own); the edit is brought back to full size",
     )
-    edit.add_argument("--tile-batch-size", type=int, default=8, help="tiles per UNet call for large images")
+    edit.add_argument(
+        "--tile-batch-size", type=int, default=DEFAULT_TILE_BATCH_SIZE, help="tiles per UNet call for large images"
+    )
     edit.add_argument(
         "--num-counterfactuals",
         type=int,

@@ -6,6 +6,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from cf_diffusion.editing_defaults import DEFAULT_NUM_INFERENCE_STEPS
 from cf_diffusion.evaluation.interventions import shifted_values
 from cf_diffusion.factors import Factor
 from cf_diffusion.guidance import GuidanceScale
@@ -38,7 +39,7 @@ def _caption(row: dict, reference: dict | None, identification: EditIdentificati
 def run_demo(
     model: str = "default",
     out: str | Path = "cf_demo.png",
-    num_inference_steps: int = 50,
+    num_inference_steps: int = DEFAULT_NUM_INFERENCE_STEPS,
     guidance_scale: GuidanceScale = None,
     seed: int = 0,
 ) -> tuple[Path, list[dict]]:

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from cf_diffusion.editing_defaults import DEFAULT_NUM_INFERENCE_STEPS
 from cf_diffusion.factors import FactorSchema
 from cf_diffusion.graph import CausalGraph
 from cf_diffusion.identification import identification_rows
@@ -219,7 +220,7 @@ def run_edit(
     image: Image.Image,
     factual: dict[str, Any],
     chosen: dict[str, Any],
-    steps: int = 50,
+    steps: int = DEFAULT_NUM_INFERENCE_STEPS,
     seed: int = 0,
     preserve: bool = False,
     progress: Progress | None = None,
@@ -271,7 +272,12 @@ def run_edit(
 
 
 def run_generate(
-    pipe, text: str, num_images: int = 8, steps: int = 50, seed: int = 0, progress: Progress | None = None
+    pipe,
+    text: str,
+    num_images: int = 8,
+    steps: int = DEFAULT_NUM_INFERENCE_STEPS,
+    seed: int = 0,
+    progress: Progress | None = None,
 ) -> list[tuple[Image.Image, str]]:
     """Samples factors from the causal model (under the interventions in `text`, e.g. "size=large"; none when
     empty), then images, as `cf-diffusion generate` does; each image with its factors as caption."""

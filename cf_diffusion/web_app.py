@@ -11,6 +11,7 @@ from typing import Any
 import gradio as gr
 
 from cf_diffusion import web
+from cf_diffusion.editing_defaults import DEFAULT_NUM_INFERENCE_STEPS
 from cf_diffusion.identification import IDENTIFICATION_COLUMNS
 
 CSS = (
@@ -118,7 +119,9 @@ def build_app(model: str = "default") -> gr.Blocks:
                                     gr.Slider(**value, elem_id=f"slot-{slot}-value"),
                                 ]
                     with gr.Row():
-                        steps = gr.Slider(1, 200, value=50, step=1, label="Sampling steps", elem_id="steps")
+                        steps = gr.Slider(
+                            1, 200, value=DEFAULT_NUM_INFERENCE_STEPS, step=1, label="Sampling steps", elem_id="steps"
+                        )
                         seed = gr.Number(0, precision=0, label="Seed", min_width=80)
                     preserve = gr.Checkbox(
                         label="Keep the input's pixels outside the affected region and show the mask (always on "
@@ -156,7 +159,9 @@ def build_app(model: str = "default") -> gr.Blocks:
             with gr.Row():
                 do = gr.Textbox(label="Interventions, e.g. size=large (empty: sample the observational distribution)")
                 count = gr.Slider(1, 16, value=8, step=1, label="Images")
-                generate_steps = gr.Slider(1, 200, value=50, step=1, label="Sampling steps", elem_id="generate-steps")
+                generate_steps = gr.Slider(
+                    1, 200, value=DEFAULT_NUM_INFERENCE_STEPS, step=1, label="Sampling steps", elem_id="generate-steps"
+                )
                 generate_seed = gr.Number(0, precision=0, label="Seed")
             generate = gr.Button("Generate", variant="primary")
             gallery = gr.Gallery(label="Samples: factors drawn from the causal model", columns=8, elem_id="generated")

@@ -38,6 +38,19 @@ from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.image_processor import PipelineImageInput
 
 from cf_diffusion.conditioning import FactorEncoder
+from cf_diffusion.editing_defaults import (
+    ABDUCTIONS,
+    DEFAULT_ABDUCTION,
+    DEFAULT_GUIDANCE_REFERENCE,
+    DEFAULT_KEEP_GUIDANCE,
+    DEFAULT_MASK_THRESHOLD,
+    DEFAULT_NUM_INFERENCE_STEPS,
+    DEFAULT_PREDICTOR_GUIDANCE,
+    DEFAULT_STRENGTH,
+    DEFAULT_TILE_BATCH_SIZE,
+    GUIDANCE_REFERENCES,
+    PRESERVE_MODES,
+)
 from cf_diffusion.guidance import GuidanceScale, change_sources, edit_guidance, factor_weights
 from cf_diffusion.identification import identify_edits
 from cf_diffusion.images import padding_box
@@ -57,7 +70,6 @@ from cf_diffusion.tiling import DEFAULT_TILE_OVERLAP, TileLayout, tile_layout, t
 from .output import CounterfactualPipelineOutput, GenerationPipelineOutput, InversionOutput
 from .pipeline_generation import FactorGenerationPipeline
 from .shared import (
-    DEFAULT_NUM_INFERENCE_STEPS,
     OUTPUT_TYPES,
     CallbackOnStepEnd,
     FactorPipelineMixin,
@@ -71,21 +83,12 @@ from .shared import (
     _rows,
 )
 
-DEFAULT_STRENGTH = 1.0
-DEFAULT_ABDUCTION = "ddim"
-DEFAULT_TILE_BATCH_SIZE = 8
-# lower than DiffEdit's 0.5, which keeps only the strongest effect and leaves its weaker parts (a lamp's shadow)
-# unmasked (BENCHMARKS.md, "The shadow over 8 scenes, by mask threshold"; benchmarks/bench_shadow.py)
-DEFAULT_MASK_THRESHOLD = 0.1
 MASK_NOISE_LEVELS = (0.3, 0.5, 0.7)
 """Noise levels (fractions of the training schedule) at which `preserve="auto"` compares noise predictions."""
 MASK_NUM_NOISES = 4
 """Noise draws per level averaged by `preserve="auto"` (one draw gives a visibly noisier mask)."""
 MASK_SEED = 0
 """Seed of the fixed noise `preserve="auto"` adds (the same for every image, so masks do not depend on the batch)."""
-_ABDUCTIONS = ("ddim", "ddpm")
-_GUIDANCE_REFERENCES = ("factual", "null")
-_PRESERVE_MODES = ("auto", "none")
 
 
 def _check_scale(value: Any, name: str) -> None:
@@ -187,13 +190,13 @@ class CounterfactualDiffusionPipeline(FactorPipelineMixin, DiffusionPipeline):
         tokenizer: Any | None = None,
         default_abduction: str = DEFAULT_ABDUCTION,
         default_guidance_scale: GuidanceScale = None,
-        default_predictor_guidance: float = 0.0,
-        default_keep_guidance: float = 0.0,
+        default_predictor_guidance: float = DEFAULT_PREDICTOR_GUIDANCE,
+        default_keep_guidance: float = DEFAULT_KEEP_GUIDANCE,
     ):
         super().__init__()
         _check_predictor_guidance(default_predictor_guidance, factor_predictor, "default_predictor_guidance")
         _check_scale(default_keep_guidance, "default_keep_guidance")
-        _check_choice(default_abduction, name="default_abduction", choices=_ABDUCTIONS)
+        _check_choice(default_abduction, name="default_abduction", choices=ABDUCTIONS)
         factor_weights(factor_encoder.schema, None, default_guidance_scale)
         _check_components(
             scheduler=scheduler, factor_encoder=factor_encoder, scm=scm, text_encoder=text_encoder, tokenizer=tokenizer
@@ -253,7 +256,7 @@ class CounterfactualDiffusionPipeline(FactorPipelineMixin, DiffusionPipeline):
         factors: Any = None,
         num_counterfactuals: int = 1,
         guidance_scale: GuidanceScale = None,
-        guidance_reference: str = "factual",
+        guidance_reference: str = DEFAULT_GUIDANCE_REFERENCE,
         abduction: str | None = None,
         generator: Generator = None,
         output_type: str = "pil",
@@ -295,9 +298,9 @@ class CounterfactualDiffusionPipeline(FactorPipelineMixin, DiffusionPipeline):
         self.schema.check_interventions(interventions, batch_size=batch_size)
         _check_count(num_counterfactuals, name="num_counterfactuals")
         factor_weights(self.schema, guidance_scale)
-        _check_choice(guidance_reference, name="guidance_reference", choices=_GUIDANCE_REFERENCES)
+        _check_choice(guidance_reference, name="guidance_reference", choices=GUIDANCE_REFERENCES)
         if abduction is not None:
-            _check_choice(abduction, name="abduction", choices=_ABDUCTIONS)
+            _check_choice(abduction, name="abduction", choices=ABDUCTIONS)
         _check_generator(generator, batch_size=batch_size)
         _check_choice(output_type, name="output_type", choices=OUTPUT_TYPES)
         self._check_prompt(prompt, batch_size=batch_size)
@@ -430,7 +433,7 @@ class CounterfactualDiffusionPipeline(FactorPipelineMixin, DiffusionPipeline):
         working_size: int | None,
         inversion: InversionOutput | None,
     ) -> None:
-        """`preserve` must be one of `_PRESERVE_MODES` or a mask (`_check_mask`); one that keeps part of the input
+        """`preserve` must be one of `PRESERVE_MODES` or a mask (`_check_mask`); one that keeps part of the input
         puts the input's pixels back, so it needs `image`, and replaces `mask`.
 
         Raises:
@@ -445,9 +448,9 @@ class CounterfactualDiffusionPipeline(FactorPipelineMixin, DiffusionPipeline):
                 working_size=working_size,
                 inversion=inversion,
             )
-        elif not isinstance(preserve, str) or preserve not in _PRESERVE_MODES:
+        elif not isinstance(preserve, str) or preserve not in PRESERVE_MODES:
             raise ValueError(
-                f"preserve must be one of {list(_PRESERVE_MODES)} or a mask Tensor[B or 1, 1, H, W], got {preserve!r}"
+                f"preserve must be one of {list(PRESERVE_MODES)} or a mask Tensor[B or 1, 1, H, W], got {preserve!r}"
             )
         if isinstance(preserve, str) and preserve == "none":
             return
@@ -845,7 +848,7 @@ class CounterfactualDiffusionPipeline(FactorPipelineMixin, DiffusionPipeline):
         factors: Any = None,
         num_inference_steps: int | None = None,
         guidance_scale: GuidanceScale = None,
-        guidance_reference: Literal["factual", "null"] = "factual",
+        guidance_reference: Literal["factual", "null"] = DEFAULT_GUIDANCE_REFERENCE,
         strength: float | None = None,
         abduction: Literal["ddim", "ddpm"] | None = None,
         num_counterfactuals: int = 1,

@@ -16,13 +16,13 @@ from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.utils.torch_utils import randn_tensor
 
 from cf_diffusion.conditioning import FactorEncoder
+from cf_diffusion.editing_defaults import DEFAULT_NUM_INFERENCE_STEPS
 from cf_diffusion.guidance import is_weight
 from cf_diffusion.inversion import ddim_step, inference_timesteps
 from cf_diffusion.scm import NeuralCausalModel
 
 from .output import GenerationPipelineOutput
 from .shared import (
-    DEFAULT_NUM_INFERENCE_STEPS,
     OUTPUT_TYPES,
     CallbackOnStepEnd,
     FactorPipelineMixin,

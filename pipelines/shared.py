@@ -21,7 +21,6 @@ from cf_diffusion.scm import NeuralCausalModel
 Generator = torch.Generator | list[torch.Generator] | None
 CallbackOnStepEnd = Callable[[DiffusionPipeline, int, int, dict], dict] | PipelineCallback | MultiPipelineCallbacks
 
-DEFAULT_NUM_INFERENCE_STEPS = 50
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 
 

@@ -9,6 +9,12 @@ from pathlib import Path
 
 import yaml
 
+from cf_diffusion.editing_defaults import (
+    ABDUCTIONS,
+    DEFAULT_ABDUCTION,
+    DEFAULT_KEEP_GUIDANCE,
+    DEFAULT_PREDICTOR_GUIDANCE,
+)
 from cf_diffusion.guidance import check_weights
 
 DEFAULTS: dict = {
@@ -85,10 +91,10 @@ DEFAULTS: dict = {
     # how the assembled pipeline edits when a call does not say (saved in its model_index.json): settings measured
     # for the model, e.g. with benchmarks/bench_edits.py
     "editing": {
-        "abduction": "ddim",  # or "ddpm"
+        "abduction": DEFAULT_ABDUCTION,  # or another of ABDUCTIONS
         "guidance_scale": None,  # None (by factor kind), a number, or {factor: w} (cf_diffusion.guidance)
-        "predictor_guidance": 0.0,  # the pipeline's predictor_guidance (0: none)
-        "keep_guidance": 0.0,  # the pipeline's keep_guidance (0: none)
+        "predictor_guidance": DEFAULT_PREDICTOR_GUIDANCE,
+        "keep_guidance": DEFAULT_KEEP_GUIDANCE,
     },
 }
 
@@ -213,6 +219,8 @@ def check_prediction_type(prediction_type: str, where: str) -> None:
 
 def _check_editing(editing: dict) -> None:
     """The `editing` section's values (its factor names are checked when training starts, with the data's schema)."""
-    if editing["abduction"] not in ("ddim", "ddpm"):
-        raise ValueError(f"Config 'editing.abduction' must be 'ddim' or 'ddpm', got {editing['abduction']!r}.")
+    if editing["abduction"] not in ABDUCTIONS:
+        raise ValueError(
+            f"Config 'editing.abduction' must be {' or '.join(map(repr, ABDUCTIONS))}, got {editing['abduction']!r}."
+        )
     check_weights(editing["guidance_scale"], "Config 'editing.guidance_scale'")

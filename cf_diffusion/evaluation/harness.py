@@ -42,6 +42,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from cf_diffusion.editing_defaults import DEFAULT_GUIDANCE_REFERENCE, DEFAULT_SDEDIT_STRENGTH
 from cf_diffusion.evaluation.cvae import ConditionalVAE, load_cvae
 from cf_diffusion.evaluation.data import EvaluationData, load_evaluation_data, to_channels
 from cf_diffusion.evaluation.editing import edit_rows, edit_seeds, editor, precomputed, select_rows, to_tensor
@@ -119,8 +120,8 @@ class EvaluationConfig:
     factors: Sequence[str] | None = None
     baseline_steps: int | None = None
     guidance_scale: GuidanceScale = None
-    guidance_reference: str = "factual"
-    sdedit_strength: float = 0.6
+    guidance_reference: str = DEFAULT_GUIDANCE_REFERENCE
+    sdedit_strength: float = DEFAULT_SDEDIT_STRENGTH
     cycles: Sequence[int] = (1, 10)
     inception: str | os.PathLike | None = None
     table_rows: int = 50_000

@@ -28,13 +28,19 @@ import torch
 from diffusers.image_processor import PipelineImageInput
 from diffusers.utils.torch_utils import randn_tensor
 
+from cf_diffusion.editing_defaults import (
+    ABDUCTIONS,
+    DEFAULT_ABDUCTION,
+    DEFAULT_GUIDANCE_REFERENCE,
+    DEFAULT_NUM_INFERENCE_STEPS,
+    DEFAULT_SDEDIT_STRENGTH,
+)
 from cf_diffusion.evaluation.cvae import ConditionalVAE
 from cf_diffusion.guidance import GuidanceScale
 from cf_diffusion.inversion import inference_timesteps
 from cf_diffusion.pipelines import CounterfactualPipelineOutput, InversionOutput
 
 METHOD_KINDS = ("ours", "regenerate", "no-scm", "sdedit", "cvae-scm")
-ABDUCTIONS = ("ddim", "ddpm")
 
 Columns = Mapping[str, np.ndarray]
 
@@ -52,7 +58,7 @@ class Method:
 
     kind: str
     num_inference_steps: int
-    abduction: str = "ddim"
+    abduction: str = DEFAULT_ABDUCTION
 
     def __post_init__(self) -> None:
         if self.kind not in METHOD_KINDS:
@@ -88,8 +94,8 @@ class EditOptions:
     """
 
     guidance_scale: GuidanceScale = None
-    guidance_reference: str = "factual"
-    sdedit_strength: float = 0.6
+    guidance_reference: str = DEFAULT_GUIDANCE_REFERENCE
+    sdedit_strength: float = DEFAULT_SDEDIT_STRENGTH
     predictor_guidance: float | None = None
     keep_guidance: float | None = None
     cvae: ConditionalVAE | None = None
@@ -100,10 +106,10 @@ def sdedit(
     image: PipelineImageInput,
     factors: Any,
     interventions: Mapping[str, Any] | None,
-    strength: float = 0.6,
-    num_inference_steps: int = 50,
+    strength: float = DEFAULT_SDEDIT_STRENGTH,
+    num_inference_steps: int = DEFAULT_NUM_INFERENCE_STEPS,
     guidance_scale: GuidanceScale = None,
-    guidance_reference: str = "factual",
+    guidance_reference: str = DEFAULT_GUIDANCE_REFERENCE,
     generator: torch.Generator | list[torch.Generator] | None = None,
     output_type: str = "np",
 ) -> CounterfactualPipelineOutput:
