@@ -18,9 +18,10 @@ its ratio to that floor. The edits, with targets from the model's causal model (
 - null: the edit with no intervention, its error in grey levels, and SSIM after 10 null edits in a row.
 
 `--diagnostics` prints, instead, how each reader's thickness reading moves when a digit's pixels are scaled (a reader
-that mistakes brightness for thickness blames do(intensity) edits for a thickness change), and the share of the
-do(intensity) targets the training digits of about the same thickness never reach (where the data cannot show the
-model a digit of that thickness and intensity).
+that mistakes brightness for thickness blames do(intensity) edits for a thickness change), how a digit scaled so
+changes through the VAE and back (a decoder that learned the data's tie of thickness to intensity thickens bright
+strokes whatever the diffusion model asks), and the share of the do(intensity) targets the training digits of about
+the same thickness never reach (where the data cannot show the model a digit of that thickness and intensity).
 """
 
 import argparse
@@ -134,6 +135,7 @@ def main() -> None:
     images, labels = load_rows(pipe, args.data, args.split, args.n, args.seed)
     if args.diagnostics:
         reader_bias(pipe, images)
+        vae_round_trip(pipe, images)
         support(args.data, pipe, labels, edit_targets(pipe, labels, "intensity", args.seed))
         return
     floors = errors(read(pipe, images), labels)
@@ -180,6 +182,22 @@ def reader_bias(pipe, images: np.ndarray) -> None:
         scaled = read(pipe, np.clip(images * scale, 0.0, 1.0))
         cells = [f"{np.mean(scaled[r][f] - base[r][f]):+.3f}" for r in base for f in ("thickness", "intensity")]
         print(f"| {scale} | " + " | ".join(cells) + " |")
+
+
+def vae_round_trip(pipe, images: np.ndarray) -> None:
+    """Morphometry's mean change of thickness and intensity when digits scaled by s go through the VAE and back."""
+    if pipe.vae is None:
+        return
+    print("\n| pixels x s | VAE round trip: thickness change | intensity change |\n|---|---|---|")
+    for scale in (0.6, 1.0, 1.5):
+        scaled = np.clip(images * scale, 0.0, 1.0)
+        with torch.no_grad():
+            pixels = torch.from_numpy(scaled).permute(0, 3, 1, 2) * 2 - 1
+            decoded = pipe.vae.decode(pipe.vae.encode(pixels).latent_dist.mean).sample.clamp(-1, 1)
+        before = read(pipe, scaled)["morphometry"]
+        after = read(pipe, ((decoded + 1) / 2).permute(0, 2, 3, 1).numpy())["morphometry"]
+        change = {name: np.mean(after[name] - before[name]) for name in before}
+        print(f"| {scale} | {change['thickness']:+.3f} | {change['intensity']:+.2f} |")
 
 
 def support(folder: str, pipe, labels: dict[str, np.ndarray], targets: dict[str, np.ndarray]) -> None:
