@@ -13,6 +13,7 @@ from cf_diffusion.editing_defaults import (
     DEFAULT_TILE_BATCH_SIZE,
     PRESERVE_MODES,
 )
+from cf_diffusion.training.stages import STAGES
 
 EVALUATE_QUICK_METRICS = ("effectiveness", "ground_truth", "consistency")
 """`evaluate`'s default metrics (--full: every metric); the others run many more edits or reference images."""
@@ -269,7 +270,7 @@ def _generate(args) -> None:
 
 def _train(args) -> None:
     from cf_diffusion.training.loop import show_progress_notes
-    from cf_diffusion.training.run import STAGES, train
+    from cf_diffusion.training.run import train
 
     show_progress_notes()
     path = train(args.config, args.resume_from_checkpoint, tuple(args.stages or STAGES))
@@ -405,7 +406,7 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train a model from a recipe (configs/*.yaml)")
     train.add_argument("--config", required=True)
     train.add_argument("--resume_from_checkpoint", "--resume-from-checkpoint", default=None)
-    train.add_argument("--stages", nargs="+", choices=("scm", "vae", "decoder", "unet", "predictor"))
+    train.add_argument("--stages", nargs="+", choices=STAGES)
     train.set_defaults(func=_train)
 
     data = commands.add_parser("data", help="procedural datasets with ground truth")

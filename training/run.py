@@ -28,10 +28,9 @@ from cf_diffusion.guidance import factor_weights
 from cf_diffusion.training.checkpoint import check_fresh_start
 from cf_diffusion.training.config import load_config
 from cf_diffusion.training.data import load_training_data
+from cf_diffusion.training.stages import STAGES
 
 logger = get_logger(__name__)
-
-STAGES = ("scm", "vae", "decoder", "unet", "predictor")
 
 _SHARED_KEYS = ("seed", "data", "training.mixed_precision", "training.gradient_accumulation_steps")
 # the recipe keys (sections or dotted keys) each stage's model depends on; the `vae.decoder_*` keys only matter to
