@@ -107,6 +107,37 @@ class FactorEncoder(ModelMixin, ConfigMixin):
             return tokens
         return torch.cat([prompt_embeds.to(tokens), tokens], dim=1)
 
+    def unet_kwargs(
+        self,
+        factors: torch.Tensor,
+        known: torch.Tensor | None,
+        prompt_embeds: torch.Tensor | None,
+        class_embed_type: str | None,
+        dtype: torch.dtype | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """The UNet's conditioning keyword arguments for factors (and prompt tokens), as the pipelines sample with
+        and training learns with.
+
+        Args:
+            factors: Tensor[B, F] from `FactorSchema.encode`.
+            known: bool Tensor[B, F] (False: the factor's null token), or None for all known.
+            prompt_embeds: Prompt tokens Tensor[B, L, D_text], or None (`encoder_hidden_states`).
+            class_embed_type: The UNet's `config.class_embed_type`; `"projection"` adds `class_labels`.
+            dtype: The UNet's dtype to cast the tokens to, or None to keep the encoder's.
+
+        Returns:
+            `{"encoder_hidden_states": Tensor[B, ..., D]}`, plus `"class_labels"`: Tensor[B, F * D] (the flattened
+            tokens) with a projection class embedding.
+        """
+        cond = self(factors, known)
+        tokens, vector = cond.tokens, cond.vector
+        if dtype is not None:
+            tokens, vector = tokens.to(dtype), vector.to(dtype)
+        kwargs = {"encoder_hidden_states": self.encoder_hidden_states(tokens, prompt_embeds)}
+        if class_embed_type == "projection":
+            kwargs["class_labels"] = vector
+        return kwargs
+
     def forward(self, factors: torch.Tensor, known: torch.Tensor | None = None) -> FactorConditioning:
         """Embeds a batch of factor vectors.
 

@@ -207,14 +207,15 @@ class FactorPipelineMixin:
     def _unet_kwargs(
         self, factors: torch.Tensor, known: torch.Tensor | None, prompt_embeds: torch.Tensor | None
     ) -> dict[str, torch.Tensor]:
-        """UNet conditioning for factors Tensor[N, F] (and prompt tokens Tensor[N, L, D]): keyword arguments."""
-        dtype = self._dtype("unet")
-        cond = self.factor_encoder(factors.to(self.factor_encoder.device), known)
-        tokens = cond.tokens.to(dtype)
-        kwargs = {"encoder_hidden_states": self.factor_encoder.encoder_hidden_states(tokens, prompt_embeds)}
-        if self.unet.config.class_embed_type == "projection":
-            kwargs["class_labels"] = cond.vector.to(dtype)
-        return kwargs
+        """UNet conditioning for factors Tensor[N, F] (and prompt tokens Tensor[N, L, D]): keyword arguments
+        (`FactorEncoder.unet_kwargs`, in the UNet's dtype)."""
+        return self.factor_encoder.unet_kwargs(
+            factors.to(self.factor_encoder.device),
+            known,
+            prompt_embeds,
+            self.unet.config.class_embed_type,
+            self._dtype("unet"),
+        )
 
     def _model_fn(self, x: torch.Tensor, t: torch.Tensor, kwargs: dict[str, torch.Tensor]) -> torch.Tensor:
         """The UNet as the inversion functions call it: model output Tensor[B, c, h, w]."""

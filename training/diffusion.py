@@ -59,10 +59,8 @@ class ConditionedUNet(nn.Module):
             prompt_embeds: Prompt tokens Tensor[B, L, D] from the text encoder, or None; required when the factor
                 encoder keeps its tokens out of cross-attention.
         """
-        cond = self.factor_encoder(factors, known)
-        class_labels = cond.vector if self.unet.config.class_embed_type == "projection" else None
-        hidden_states = self.factor_encoder.encoder_hidden_states(cond.tokens, prompt_embeds)
-        return self.unet(noisy, timesteps, encoder_hidden_states=hidden_states, class_labels=class_labels).sample
+        kwargs = self.factor_encoder.unet_kwargs(factors, known, prompt_embeds, self.unet.config.class_embed_type)
+        return self.unet(noisy, timesteps, **kwargs).sample
 
 
 def build_factor_encoder(config: dict, schema: FactorSchema) -> FactorEncoder:
