@@ -36,6 +36,7 @@ from diffusers import (
 )
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.image_processor import PipelineImageInput
+from diffusers.utils.torch_utils import randn_tensor
 
 from cf_diffusion.conditioning import FactorEncoder
 from cf_diffusion.editing_defaults import (
@@ -835,6 +836,36 @@ class CounterfactualDiffusionPipeline(FactorPipelineMixin, DiffusionPipeline):
             strength=strength,
             abduction=abduction,
             tile_overlap=tile_overlap,
+        )
+
+    def renoise(
+        self, samples: torch.Tensor, factors: Any, num_inference_steps: int, strength: float, generator: Generator
+    ) -> InversionOutput:
+        """No abduction: the forward process in place of `invert`, as SDEdit and diffusers' img2img pipelines do.
+        Clean samples are noised with one *fresh* draw to every timestep of the last `strength` fraction of the
+        schedule, `x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps`, `eps ~ N(0, I)`.
+
+        Args:
+            samples: Clean samples Tensor[B, c, h, w] of the model's size (`encode_images`).
+            factors: The factual factors, in any form `FactorSchema.encode` takes.
+            num_inference_steps: Steps of the full schedule.
+            strength: Fraction in (0, 1] of the schedule to re-noise.
+            generator: Noise of the draw: a generator or a list of B.
+
+        Returns:
+            InversionOutput with the noised trajectory (`abduction="ddim"`: the prediction samples with DDIM).
+        """
+        timesteps = inference_timesteps(self.scheduler, num_inference_steps, strength, samples.device)
+        noise = randn_tensor(samples.shape, generator=generator, device=samples.device, dtype=samples.dtype)
+        noised = [self.scheduler.add_noise(samples, noise, t.repeat(len(samples))) for t in timesteps]
+        return InversionOutput(
+            trajectory=torch.stack([*noised, samples]),
+            noise_maps=None,
+            timesteps=timesteps,
+            factors=self.schema.encode(factors).to(samples.device),
+            num_inference_steps=num_inference_steps,
+            strength=strength,
+            abduction="ddim",
         )
 
     # ------------------------------------------------------------------ editing

@@ -26,7 +26,6 @@ from typing import Any
 import numpy as np
 import torch
 from diffusers.image_processor import PipelineImageInput
-from diffusers.utils.torch_utils import randn_tensor
 
 from cf_diffusion.editing_defaults import (
     ABDUCTIONS,
@@ -37,8 +36,7 @@ from cf_diffusion.editing_defaults import (
 )
 from cf_diffusion.evaluation.cvae import ConditionalVAE
 from cf_diffusion.guidance import GuidanceScale
-from cf_diffusion.inversion import inference_timesteps
-from cf_diffusion.pipelines import CounterfactualPipelineOutput, InversionOutput
+from cf_diffusion.pipelines import CounterfactualPipelineOutput
 
 METHOD_KINDS = ("ours", "regenerate", "no-scm", "sdedit", "cvae-scm")
 
@@ -119,8 +117,9 @@ def sdedit(
     and `eps ~ N(0, I)` drawn from `generator` (independent of the image), the start is the forward-process sample
     `x_{t_0} = sqrt(abar_{t_0}) x_0 + sqrt(1 - abar_{t_0}) eps`, which is then denoised by DDIM under the
     counterfactual factors (`scm.counterfactual(factors, interventions)`) with the pipeline's editing guidance.
-    It goes through the pipeline's public `__call__(inversion=...)`: the "inversion" handed over holds the noised
-    samples `x_{t_i}` (same eps) as its trajectory and no noise maps, so nothing about the image's noise is abducted.
+    It goes through the pipeline's public `__call__(inversion=...)`: the "inversion" handed over (`pipe.renoise`)
+    holds the noised samples `x_{t_i}` (same eps) as its trajectory and no noise maps, so nothing about the image's
+    noise is abducted.
 
     Args:
         pipe: A `CounterfactualDiffusionPipeline`.
@@ -142,18 +141,7 @@ def sdedit(
     if tuple(pixels.shape[1:]) != expected:
         raise ValueError(f"image has shape (C, H, W) = {tuple(pixels.shape[1:])}; the model edits {expected}")
     samples = pipe.encode_images(pixels, pipe.device)
-    timesteps = inference_timesteps(pipe.scheduler, num_inference_steps, strength, samples.device)
-    noise = randn_tensor(samples.shape, generator=generator, device=samples.device, dtype=samples.dtype)
-    noised = [pipe.scheduler.add_noise(samples, noise, t.repeat(len(samples))) for t in timesteps]
-    inversion = InversionOutput(
-        trajectory=torch.stack([*noised, samples]),
-        noise_maps=None,
-        timesteps=timesteps,
-        factors=pipe.schema.encode(factors).to(samples.device),
-        num_inference_steps=num_inference_steps,
-        strength=strength,
-        abduction="ddim",
-    )
+    inversion = pipe.renoise(samples, factors, num_inference_steps, strength, generator)
     return pipe(
         inversion=inversion,
         interventions=interventions,
