@@ -3,13 +3,15 @@
 Run: `python benchmarks/bench_faults.py --kills 3 --edit-kills 2` (the defaults; each kill costs a few CLI starts).
 
 Training: a tiny pixel-space colored-bars recipe (the scm and predictor stages, a few hundred steps,
-`checkpointing_steps` small) runs as `cf-diffusion train` in a child process, which is killed (SIGKILL) after a random
-delay, then resumed with `--resume_from_checkpoint latest` until every stage is DONE. Edits: `cf-diffusion edit
+`checkpointing_steps` small, and a two-step unet stage) runs as `cf-diffusion train` in a child process, which is
+killed (SIGKILL) after a random delay, then resumed with `--resume_from_checkpoint latest` until every stage is DONE
+and the assembled pipeline folder loads. Edits: `cf-diffusion edit
 --input-dir` over a few images, killed the same way, then re-run (complete outputs are skipped) until it finishes.
 
-Prints one table: runs, kills, runs that resumed to the end with weights equal to an uninterrupted run's, the most
-steps a kill cost (the step reached, read off the progress bar, minus the step resumed from), orphan temporary files
-left (`.tmp-checkpoint-*`, `*.tmp`), and outputs lost or truncated.
+Prints one table: runs, kills (and how many struck while the pipeline was being assembled), runs that resumed to
+the end with weights equal to an uninterrupted run's, the most steps a kill cost (the step reached, read off the
+progress bar, minus the step resumed from), orphan temporary files left (`.tmp-checkpoint-*`, `*.tmp`, `*.old`), and
+outputs lost or truncated.
 """
 
 from __future__ import annotations
@@ -31,8 +33,9 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from cf_diffusion.outputs import is_complete_image
+from cf_diffusion.pipelines import CounterfactualDiffusionPipeline
 
-STAGES = ("scm", "predictor")
+STAGES = ("scm", "predictor", "unet")
 
 
 def recipe(output_dir: Path, steps: int, checkpointing_steps: int) -> dict:
@@ -81,7 +84,7 @@ def resumed_step(stderr: str) -> int | None:
 
 
 def orphans(folder: Path) -> list[Path]:
-    return [p for p in folder.rglob("*") if p.name.startswith(".tmp-checkpoint-") or p.name.endswith(".tmp")]
+    return [p for p in folder.rglob("*") if p.name.startswith(".tmp-checkpoint-") or p.name.endswith((".tmp", ".old"))]
 
 
 def weights(output_dir: Path) -> dict[str, torch.Tensor]:
@@ -94,8 +97,19 @@ def weights(output_dir: Path) -> dict[str, torch.Tensor]:
     return found
 
 
-def finished(output_dir: Path) -> bool:
+def stages_done(output_dir: Path) -> bool:
     return all((output_dir / "stages" / stage / "DONE").is_file() for stage in STAGES)
+
+
+def finished(output_dir: Path) -> bool:
+    """Every stage done and the assembled pipeline folder whole (it loads)."""
+    if not stages_done(output_dir) or not (output_dir / "pipeline").is_dir():
+        return False
+    try:
+        CounterfactualDiffusionPipeline.from_pretrained(output_dir / "pipeline")
+    except (OSError, ValueError):
+        return False
+    return True
 
 
 def train_once(config: Path, rng: random.Random, window: float) -> dict:
@@ -103,6 +117,7 @@ def train_once(config: Path, rng: random.Random, window: float) -> dict:
     output_dir = Path(yaml.safe_load(config.read_text())["output_dir"])
     train = cli("train", "--config", str(config), "--stages", *STAGES)
     killed, stderr = run_killed(train, rng.uniform(0, window))
+    in_assembly = killed and stages_done(output_dir)
     reached, lost, first = last_step(stderr), 0, True
     while not finished(output_dir):
         _, stderr = run_killed([*train, "--resume_from_checkpoint", "latest"], 3600)
@@ -110,7 +125,7 @@ def train_once(config: Path, rng: random.Random, window: float) -> dict:
         if first and reached is not None and start is not None:
             lost = max(0, reached - start)
         first = False
-    return {"killed": killed, "lost": lost, "orphans": len(orphans(output_dir))}
+    return {"killed": killed, "in_assembly": in_assembly, "lost": lost, "orphans": len(orphans(output_dir))}
 
 
 def edit_once(images: Path, out: Path, rng: random.Random, window: float) -> dict:
@@ -171,10 +186,11 @@ def main() -> None:
     )
     print("|---|---|---|---|---|---|")
     killed, equal = sum(r["killed"] for r in runs), sum(r["equal"] for r in runs)
+    in_assembly = sum(r["in_assembly"] for r in runs)
     lost, left = max((r["lost"] for r in runs), default=0), sum(r["orphans"] for r in runs)
     print(
         f"| training ({args.steps} steps x {len(STAGES)} stages, checkpoints every {args.checkpointing_steps}) | "
-        f"{len(runs)} ({killed}) | {equal} | {lost} | {left} | - |"
+        f"{len(runs)} ({killed}, {in_assembly} while assembling) | {equal} | {lost} | {left} | - |"
     )
     print(
         f"| batch edit ({args.images} images) | {len(edits)} | {sum(e['finished'] for e in edits)} | - | "

@@ -1,5 +1,6 @@
 """Puts the finished stages of a run together into one CounterfactualDiffusionPipeline."""
 
+import shutil
 from pathlib import Path
 
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
@@ -87,3 +88,21 @@ def assemble_pipeline(config: dict, checkpoint: str | Path | None = None) -> Cou
         default_predictor_guidance=config["editing"]["predictor_guidance"],
         default_keep_guidance=config["editing"]["keep_guidance"],
     )
+
+
+def save_pipeline(pipeline: CounterfactualDiffusionPipeline, path: str | Path) -> Path:
+    """Writes the pipeline folder whole or not at all: into a hidden sibling first (`.NAME.tmp`), then swapped in for
+    the earlier folder, so a run killed while it writes leaves the earlier folder or none, and the leftover siblings
+    are removed by the next call."""
+    path = Path(path)
+    staging, previous = path.with_name(f".{path.name}.tmp"), path.with_name(f".{path.name}.old")
+    for leftover in (staging, previous):
+        if leftover.exists():
+            shutil.rmtree(leftover)
+    pipeline.save_pretrained(staging)
+    if path.exists():
+        path.rename(previous)
+    staging.rename(path)
+    if previous.exists():
+        shutil.rmtree(previous)
+    return path

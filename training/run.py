@@ -157,11 +157,11 @@ def train(
     if not all(_finished(output_dir, s) for s in needed):
         accelerator.end_training()
         return None
-    from cf_diffusion.training.assemble import assemble_pipeline
+    from cf_diffusion.training.assemble import assemble_pipeline, save_pipeline
 
     path = output_dir / "pipeline"
     if accelerator.is_main_process:
-        assemble_pipeline(config).save_pretrained(path)
+        save_pipeline(assemble_pipeline(config), path)
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return path
