@@ -84,9 +84,9 @@ def _save_mask(result, image, out: Path) -> None:
     """Writes `<out stem>_mask.png`: input | edit | mask."""
     import numpy as np
 
-    from cf_diffusion.images import image_grid, save_image
+    from cf_diffusion.images import image_grid, save_image, unit_to_uint8
 
-    mask = (result.masks[0, 0].cpu().numpy() * 255).round().astype(np.uint8)
+    mask = unit_to_uint8(result.masks[0, 0].cpu().numpy())
     panels = np.stack([np.asarray(image), np.asarray(result.images[0]), np.repeat(mask[..., None], 3, axis=-1)])
     coverage = float(result.masks[0].mean())
     captions = ["input", "edit", f"mask: {coverage:.1%} may change"]
@@ -248,7 +248,7 @@ def _generate(args) -> None:
     import numpy as np
     import torch
 
-    from cf_diffusion.images import image_grid, save_image
+    from cf_diffusion.images import image_grid, save_image, unit_to_uint8
     from cf_diffusion.models import load_pipeline
     from cf_diffusion.outputs import check_output_file
 
@@ -262,7 +262,7 @@ def _generate(args) -> None:
         output_type="np",
         **({} if args.guidance is None else {"guidance_scale": args.guidance}),
     )
-    images = (np.asarray(result.images) * 255).round().astype(np.uint8)
+    images = unit_to_uint8(np.asarray(result.images))
     captions = [pipe.schema.format_row(row).replace(" ", "\n") for row in result.factors]
     save_image(image_grid(images, columns=min(8, args.n), captions=captions, scale=3, min_width=110), args.out)
     print(f"wrote {args.out}")

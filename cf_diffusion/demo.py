@@ -11,7 +11,7 @@ from cf_diffusion.evaluation.interventions import shifted_values
 from cf_diffusion.factors import Factor
 from cf_diffusion.guidance import GuidanceScale
 from cf_diffusion.identification import EditIdentification
-from cf_diffusion.images import image_grid, save_image
+from cf_diffusion.images import image_grid, save_image, unit_to_uint8
 from cf_diffusion.models import load_examples, load_pipeline
 
 
@@ -77,7 +77,7 @@ def run_demo(
         captions.append("factual\n" + _caption(factual_row, None))
         table.append({"example": i, "edit": "factual", **factual_row})
         for title, edited, rows, identification in columns:
-            cells.append((edited[i] * 255).round().astype(np.uint8))
+            cells.append(unit_to_uint8(edited[i]))
             captions.append(f"{title}\n" + _caption(rows[i], factual_row, identification[i]))
             table.append({"example": i, "edit": title, **rows[i]})
     grid = image_grid(np.stack(cells), columns=1 + len(columns), captions=captions, scale=3, min_width=120)

@@ -1,5 +1,6 @@
-"""Image helpers: grids with captions written atomically (training validation, the demo, the command line), and the
-padding rule for images smaller than a model."""
+"""Image helpers: the conversions between 8-bit pixels and the float ranges models use ([0, 1] and [-1, 1]), grids
+with captions written atomically (training validation, the demo, the command line), and the padding rule for images
+smaller than a model."""
 
 from pathlib import Path
 
@@ -8,10 +9,34 @@ import torch
 from PIL import Image, ImageDraw
 
 
+def unit_to_uint8(images: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
+    """Float images in [0, 1] (an array or a tensor, any shape) -> uint8 of the same kind and shape: clipped to
+    [0, 1], times 255, rounded."""
+    if isinstance(images, torch.Tensor):
+        return (images.clamp(0, 1) * 255).round().to(torch.uint8)
+    return (np.clip(images, 0, 1) * 255).round().astype(np.uint8)
+
+
+def signed_to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """Float Tensor in [-1, 1] (any shape) -> uint8 Tensor of the same shape: clamped, `(x + 1) * 127.5`, rounded."""
+    return ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+
+
+def uint8_to_unit(pixels: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
+    """Pixel values 0..255 (an array, or a tensor, of any dtype and shape) -> float32 of the same kind in [0, 1]."""
+    if isinstance(pixels, torch.Tensor):
+        return pixels.float() / 255
+    return np.asarray(pixels, dtype=np.float32) / np.float32(255)
+
+
+def uint8_to_signed(pixels: torch.Tensor) -> torch.Tensor:
+    """Pixel values 0..255 (a Tensor of any dtype and shape) -> float32 Tensor in [-1, 1]: `x / 127.5 - 1`."""
+    return pixels.float() / 127.5 - 1.0
+
+
 def to_uint8(images: torch.Tensor) -> np.ndarray:
     """Float Tensor[B, C, H, W] in [-1, 1] -> uint8 array[B, H, W, 3]."""
-    array = ((images.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    array = array.permute(0, 2, 3, 1).numpy()
+    array = signed_to_uint8(images.detach().float().cpu()).permute(0, 2, 3, 1).numpy()
     return np.repeat(array, 3, axis=-1) if array.shape[-1] == 1 else array
 
 

@@ -23,6 +23,7 @@ from cf_diffusion.editing_defaults import DEFAULT_NUM_INFERENCE_STEPS
 from cf_diffusion.factors import FactorSchema
 from cf_diffusion.graph import CausalGraph
 from cf_diffusion.identification import identification_rows
+from cf_diffusion.images import uint8_to_unit, unit_to_uint8
 from cf_diffusion.models import SHIPPED_MODELS, load_examples, load_pipeline
 
 KEEP = "keep"
@@ -128,7 +129,7 @@ def _pixels(pipe, image: Image.Image) -> torch.Tensor:
     Raises:
         ValueError: On other channels or a size the model cannot edit (the pipeline's message).
     """
-    pixels = pipe.image_processor.preprocess(np.asarray(image, dtype=np.float32) / 255).to(torch.float32)
+    pixels = pipe.image_processor.preprocess(uint8_to_unit(image)).to(torch.float32)
     pipe.check_inputs(image=pixels, batch_size=1)
     return pixels
 
@@ -212,7 +213,7 @@ def reporting_progress(pipe, progress: Progress | None) -> Iterator[None]:
 
 
 def _to_image(array: np.ndarray) -> Image.Image:
-    return Image.fromarray((np.clip(array, 0, 1) * 255).round().astype(np.uint8).squeeze())
+    return Image.fromarray(unit_to_uint8(array).squeeze())
 
 
 def run_edit(

@@ -54,7 +54,7 @@ from cf_diffusion.editing_defaults import (
 )
 from cf_diffusion.guidance import GuidanceScale, change_sources, edit_guidance, factor_weights
 from cf_diffusion.identification import identify_edits
-from cf_diffusion.images import padding_box
+from cf_diffusion.images import padding_box, uint8_to_unit
 from cf_diffusion.inversion import (
     ddim_invert,
     ddim_step,
@@ -132,7 +132,7 @@ def _unit_range(image: Any) -> Any:
         return image
     values = torch.as_tensor(image)
     if values.dtype == torch.uint8:
-        return image / np.float32(255) if isinstance(image, np.ndarray) else image.float() / 255
+        return uint8_to_unit(image)
     if not values.is_floating_point():
         raise ValueError(f"image must be uint8 (0..255) or float (0..1), got {values.dtype}")
     if not torch.isfinite(values).all():

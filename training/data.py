@@ -7,6 +7,7 @@ import torch
 
 from cf_diffusion.factors import FactorSchema
 from cf_diffusion.graph import CausalGraph
+from cf_diffusion.images import signed_to_uint8, uint8_to_signed
 
 
 @dataclass
@@ -39,7 +40,7 @@ class TrainingData:
 
     def pixel_batch(self, indices: torch.Tensor) -> torch.Tensor:
         """Images of rows `indices` as float Tensor[B, C, H, W] in [-1, 1]."""
-        return self.images[indices].float() / 127.5 - 1.0
+        return uint8_to_signed(self.images[indices])
 
     def factor_batch(self, indices: torch.Tensor) -> torch.Tensor:
         """Factors of rows `indices` in `FactorSchema.encode` format: Tensor[B, F]."""
@@ -107,7 +108,7 @@ def load_training_data(config: dict) -> TrainingData:
             )
         table = schema.to_values({k: v[:keep] for k, v in folder.factor_table().items()})
         pixels = torch.stack([folder[i]["pixel_values"] for i in range(keep)])
-        images = ((pixels + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+        images = signed_to_uint8(pixels)
     _check_graph_matches(graph, schema, "the factors")
     return TrainingData(
         images=images,

@@ -20,6 +20,7 @@ from safetensors.torch import load_file, save_file
 
 from cf_diffusion.data import LabeledImageDataset, get_dataset
 from cf_diffusion.factors import FactorSchema
+from cf_diffusion.images import signed_to_uint8
 
 
 def halve_weights(folder: Path) -> None:
@@ -65,7 +66,7 @@ def write_folder_examples(folder: Path, data: str | Path, holdout: int, num_exam
     lines = []
     for i, row in enumerate(rows):
         item = dataset[int(row)]
-        pixels = ((item["pixel_values"] + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
+        pixels = signed_to_uint8(item["pixel_values"]).permute(1, 2, 0).numpy()
         name = f"example_{i}.png"
         Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels).save(examples / name)
         factors = {k: item["row"][k] for k in schema.names}

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from cf_diffusion.data.procedural import ProceduralDataset
 from cf_diffusion.factors import Factor, FactorSchema
 from cf_diffusion.graph import CausalGraph
+from cf_diffusion.images import unit_to_uint8
 
 COLORS = {"red": (1.0, 0.18, 0.12), "green": (0.15, 0.95, 0.2)}
 BAR_BOX = (-0.62, 0.62, -0.9, -0.7)  # x0, x1, y0, y1 in [-1, 1] image coordinates (y down)
@@ -194,4 +195,4 @@ class ColoredBars(ProceduralDataset):
         band_y = ((centres >= y0) & (centres <= y1)).float().mean(1)
         band = band_y[:, None] * band_x[None, :] * BAR_VALUE
         canvas = canvas + band * torch.from_numpy(bar).float()[:, None, None, None]
-        return (canvas.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+        return unit_to_uint8(canvas).permute(0, 2, 3, 1).numpy()

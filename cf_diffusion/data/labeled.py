@@ -32,7 +32,7 @@ from cf_diffusion.data.sources import detect_format, read_source
 from cf_diffusion.data.validation import LoadReport, choose_schema, validate
 from cf_diffusion.factor import Factor
 from cf_diffusion.factors import FactorSchema
-from cf_diffusion.images import pad_image
+from cf_diffusion.images import pad_image, uint8_to_signed
 
 
 class LabeledImageDataset(torch.utils.data.Dataset):
@@ -153,7 +153,7 @@ class LabeledImageDataset(torch.utils.data.Dataset):
                 image = image.crop((left, top, left + size, top + size))
         array = np.asarray(image, dtype=np.float32)
         array = array[..., None] if array.ndim == 2 else array
-        return torch.from_numpy(array).permute(2, 0, 1) / 127.5 - 1.0
+        return uint8_to_signed(torch.from_numpy(array).permute(2, 0, 1))
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         """Item `index`: `{"pixel_values": Tensor[C, H, W] in [-1, 1], "factors": Tensor[F] (schema.encode),

@@ -25,6 +25,7 @@ import torch
 from cf_diffusion.data.procedural import ProceduralDataset
 from cf_diffusion.factors import Factor, FactorSchema
 from cf_diffusion.graph import CausalGraph
+from cf_diffusion.images import unit_to_uint8
 
 SCENE_X = (0.0, 20.0)
 SCENE_Y = (-1.0, 21.0)
@@ -162,7 +163,7 @@ class Pendulum(ProceduralDataset):
                 rgb = rgb * (0.85 + 0.15 * column(exogenous[noise]))[:, None]
             alpha = coverage[:, None]
             image = image * (1 - alpha) + rgb * alpha
-        return (image.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+        return unit_to_uint8(image).permute(0, 2, 3, 1).numpy()
 
     @staticmethod
     def measure(images: np.ndarray | torch.Tensor) -> dict[str, np.ndarray]:

@@ -17,6 +17,7 @@ import torch
 from cf_diffusion.data import LabeledImageDataset, ProceduralDataset, available_datasets, get_dataset
 from cf_diffusion.data.make import load_ground_truth
 from cf_diffusion.factors import FactorSchema
+from cf_diffusion.images import uint8_to_unit
 
 HELD_OUT_SEED = 12345
 REFERENCE_ROWS = 256
@@ -76,10 +77,10 @@ def _procedural_data(pipe, dataset: ProceduralDataset, n: int, seed: int, table_
     table = dataset.sample(table_rows, seed=HELD_OUT_SEED + seed + 2, resolution=0)
     return EvaluationData(
         source=dataset.name,
-        images=to_channels(rows.images.astype(np.float32) / 255.0, channels),
+        images=to_channels(uint8_to_unit(rows.images), channels),
         factors={k: np.asarray(v) for k, v in rows.factors.items()},
         table={k: np.asarray(v) for k, v in table.factors.items()},
-        reference_images=to_channels(reference.images.astype(np.float32) / 255.0, channels),
+        reference_images=to_channels(uint8_to_unit(reference.images), channels),
         reference_factors={k: np.asarray(v) for k, v in reference.factors.items()},
         dataset=dataset,
         exogenous=rows.exogenous,

@@ -62,6 +62,7 @@ from cf_diffusion.evaluation.scoring import (
 )
 from cf_diffusion.evaluation.soundness import composition, reversibility
 from cf_diffusion.guidance import GuidanceScale, factor_weights
+from cf_diffusion.images import uint8_to_unit
 
 __all__ = ["DEFAULT_METHODS", "METHODS", "METRICS", "RESULT_FILES", "EvaluationConfig", "evaluate"]
 
@@ -304,7 +305,7 @@ def _intervene(
     truth = None
     if loaded.has_ground_truth:
         truth = loaded.dataset.counterfactual(loaded.exogenous, {name: values}, resolution=pipe.image_size)
-        truth.images = to_channels(truth.images.astype(np.float32) / 255.0, pipe.image_channels)
+        truth.images = to_channels(uint8_to_unit(truth.images), pipe.image_channels)
         if descendants:
             info["scm_vs_truth"] = effectiveness(
                 {d: targets[d] for d in descendants}, {d: truth.factors[d] for d in descendants}, schema

@@ -6,6 +6,7 @@ import torch
 
 from cf_diffusion.data import ProceduralDataset
 from cf_diffusion.evaluation.editing import to_tensor
+from cf_diffusion.images import unit_to_uint8
 
 
 @torch.no_grad()
@@ -36,7 +37,7 @@ def read_measured(pipe, dataset: ProceduralDataset, images: np.ndarray) -> dict[
     read = read_factors(pipe, images)
     measure = getattr(dataset, "measure", None)
     if measure is not None:
-        pixels = np.clip(np.round(images * 255.0), 0, 255).astype(np.uint8)
+        pixels = unit_to_uint8(images)
         if pixels.shape[-1] == 1:
             pixels = np.repeat(pixels, 3, axis=-1)
         read.update({k: np.asarray(v, dtype=np.float64) for k, v in measure(pixels).items() if k in read})

@@ -15,6 +15,7 @@ from scipy import linalg
 from torch import Tensor, nn
 
 from cf_diffusion.evaluation.image_distance import check_images
+from cf_diffusion.images import unit_to_uint8
 
 _IMAGINARY_TOLERANCE = 1e-3
 
@@ -174,7 +175,7 @@ class InceptionFeatures(nn.Module):
         """Map `Tensor[B, C, H, W]` in [0, 1] to `Tensor[B, 2048]` features."""
         if images.shape[1] not in (1, 3):
             raise ValueError(f"InceptionFeatures expects 1 or 3 channels, got {images.shape[1]}")
-        pixels = (images * 255).round().clamp(0, 255).to(torch.uint8)
+        pixels = unit_to_uint8(images)
         if pixels.shape[1] == 1:
             pixels = pixels.repeat(1, 3, 1, 1)
         return self.net(pixels, return_features=True)

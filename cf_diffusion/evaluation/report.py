@@ -15,6 +15,7 @@ from matplotlib.figure import Figure
 
 from cf_diffusion.evaluation.queries import STANDARD_ERRORS
 from cf_diffusion.factors import FactorSchema
+from cf_diffusion.images import unit_to_uint8
 
 RESULT_FILES = ("results.json", "results.md", "results.png")
 
@@ -28,7 +29,7 @@ class Example:
 
     def add(self, title: str, image: np.ndarray, schema: FactorSchema, row: Mapping[str, Any]) -> None:
         """Appends a panel: `image` float array[H, W, C] in [0, 1], captioned with the factor values of `row`."""
-        image = (np.clip(image, 0, 1) * 255).round().astype(np.uint8)
+        image = unit_to_uint8(image)
         parts = schema.format_row(dict(row)).split(" ")
         caption = "\n".join(" ".join(parts[i : i + 2]) for i in range(0, len(parts), 2))
         self.panels.append((title, np.repeat(image, 3, axis=-1) if image.shape[-1] == 1 else image, caption))
