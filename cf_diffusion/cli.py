@@ -5,14 +5,7 @@ import importlib
 import sys
 from pathlib import Path
 
-from cf_diffusion.editing_defaults import (
-    ABDUCTIONS,
-    DEFAULT_MASK_THRESHOLD,
-    DEFAULT_NUM_INFERENCE_STEPS,
-    DEFAULT_STRENGTH,
-    DEFAULT_TILE_BATCH_SIZE,
-    PRESERVE_MODES,
-)
+import cf_diffusion.editing_defaults as defaults
 from cf_diffusion.training.stages import STAGES
 
 EVALUATE_QUICK_METRICS = ("effectiveness", "ground_truth", "consistency")
@@ -327,14 +320,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cf-diffusion", description="Causal counterfactual image editing.")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    def editing_options(p: argparse.ArgumentParser, steps: int = DEFAULT_NUM_INFERENCE_STEPS) -> None:
+    def editing_options(p: argparse.ArgumentParser, steps: int = defaults.DEFAULT_NUM_INFERENCE_STEPS) -> None:
         p.add_argument("--model", default="default", help="'default', a shipped model name, or a pipeline folder")
         p.add_argument("--steps", type=int, default=steps, help="sampling steps")
         p.add_argument(
             "--guidance",
             type=float,
-            help="guidance scale (default: edits use the model's own weights, else guide discrete factors at 3 and "
-            "continuous ones at 1; generate 3)",
+            help="guidance scale (default: edits use the model's own weights, else guide discrete factors at "
+            f"{defaults.DISCRETE_GUIDANCE:g} and continuous ones at {defaults.CONTINUOUS_GUIDANCE:g}; generate "
+            f"{defaults.DEFAULT_GENERATE_GUIDANCE:g})",
         )
         p.add_argument("--seed", type=int, default=0)
         p.add_argument(
@@ -351,8 +345,8 @@ def build_parser() -> argparse.ArgumentParser:
     edit.add_argument("--image", help="the image to edit")
     edit.add_argument("--do", required=True, help="interventions, e.g. 'color=green' or 'size=large,color=red'")
     edit.add_argument("--factors", help="the image's factual factors (default: read off the image)")
-    edit.add_argument("--strength", type=float, default=DEFAULT_STRENGTH, help="inversion depth in (0, 1]")
-    edit.add_argument("--abduction", choices=ABDUCTIONS, help="default: the model's (saved with it)")
+    edit.add_argument("--strength", type=float, default=defaults.DEFAULT_STRENGTH, help="inversion depth in (0, 1]")
+    edit.add_argument("--abduction", choices=defaults.ABDUCTIONS, help="default: the model's (saved with it)")
     edit.add_argument("--out", help="output PNG (with --image)")
     edit.add_argument("--input-dir", help="edit every image of a folder (split across accelerate processes)")
     edit.add_argument(
@@ -362,7 +356,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     edit.add_argument(
         "--preserve",
-        choices=PRESERVE_MODES,
+        choices=defaults.PRESERVE_MODES,
         help="auto: keep the input's own pixels outside the region the intervention affects (default for images "
         "larger than the model's size); none: let the whole image change",
     )
@@ -370,7 +364,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--mask-threshold",
         type=float,
         help="--preserve auto: fraction of the largest effect from which a region is masked (default "
-        f"{DEFAULT_MASK_THRESHOLD})",
+        f"{defaults.DEFAULT_MASK_THRESHOLD})",
     )
     edit.add_argument(
         "--working-size",
@@ -379,7 +373,10 @@ def build_parser() -> argparse.ArgumentParser:
         "image's own); the edit is brought back to full size",
     )
     edit.add_argument(
-        "--tile-batch-size", type=int, default=DEFAULT_TILE_BATCH_SIZE, help="tiles per UNet call for large images"
+        "--tile-batch-size",
+        type=int,
+        default=defaults.DEFAULT_TILE_BATCH_SIZE,
+        help="tiles per UNet call for large images",
     )
     edit.add_argument(
         "--num-counterfactuals",

@@ -10,6 +10,12 @@ GUIDANCE_REFERENCES = ("factual", "null")
 DEFAULT_GUIDANCE_REFERENCE = "factual"
 PRESERVE_MODES = ("auto", "none")
 """`preserve=`: keep the input outside the region the intervention affects, or let the whole image change."""
+DISCRETE_GUIDANCE = 3.0
+"""An edit's guidance weight for a discrete factor when neither the call nor the model gives one (`guidance`)."""
+CONTINUOUS_GUIDANCE = 1.0
+"""An edit's guidance weight for a continuous factor when neither the call nor the model gives one."""
+DEFAULT_GENERATE_GUIDANCE = 3.0
+"""`generate`'s classifier-free guidance over all factors."""
 DEFAULT_NUM_INFERENCE_STEPS = 50
 DEFAULT_STRENGTH = 1.0
 """Fraction of the schedule the abduction inverts (1: up to pure noise)."""

@@ -16,11 +16,9 @@ from collections.abc import Mapping
 
 import torch
 
+from cf_diffusion.editing_defaults import CONTINUOUS_GUIDANCE, DISCRETE_GUIDANCE
 from cf_diffusion.factors import FactorSchema
 from cf_diffusion.graph import CausalGraph
-
-DISCRETE_GUIDANCE = 3.0
-CONTINUOUS_GUIDANCE = 1.0
 
 GuidanceScale = float | Mapping[str, float] | None
 

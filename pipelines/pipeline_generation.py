@@ -16,7 +16,7 @@ from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.utils.torch_utils import randn_tensor
 
 from cf_diffusion.conditioning import FactorEncoder
-from cf_diffusion.editing_defaults import DEFAULT_NUM_INFERENCE_STEPS
+from cf_diffusion.editing_defaults import DEFAULT_GENERATE_GUIDANCE, DEFAULT_NUM_INFERENCE_STEPS
 from cf_diffusion.guidance import is_weight
 from cf_diffusion.inversion import ddim_step, inference_timesteps
 from cf_diffusion.scm import NeuralCausalModel
@@ -168,7 +168,7 @@ class FactorGenerationPipeline(FactorPipelineMixin, DiffusionPipeline):
         num_images: int = 1,
         factors: Any = None,
         num_inference_steps: int = DEFAULT_NUM_INFERENCE_STEPS,
-        guidance_scale: float = 3.0,
+        guidance_scale: float = DEFAULT_GENERATE_GUIDANCE,
         prompt: str | list[str] | None = None,
         generator: Generator = None,
         latents: torch.Tensor | None = None,
