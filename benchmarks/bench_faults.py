@@ -29,6 +29,7 @@ from pathlib import Path
 
 import torch
 import yaml
+from diffusers.utils import logging as diffusers_logging
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -47,7 +48,14 @@ def recipe(output_dir: Path, steps: int, checkpointing_steps: int) -> dict:
         "training": {"checkpointing_steps": checkpointing_steps, "checkpoints_total_limit": 2, "validation_steps": 0},
         "scm": {"num_steps": steps, "batch_size": 64, "hidden_dim": 8},
         "vae": None,
-        "unet": {"block_out_channels": [16, 32], "layers_per_block": 1, "num_steps": 2, "batch_size": 8},
+        "unet": {
+            "block_out_channels": [16, 32],
+            "layers_per_block": 1,
+            "attention_head_dim": 8,
+            "norm_num_groups": 8,
+            "num_steps": 2,
+            "batch_size": 8,
+        },
         "predictor": {"block_out_channels": [8, 16], "num_steps": steps, "batch_size": 8},
     }
 
@@ -153,6 +161,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=6, help="images in the batch edit")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
+    diffusers_logging.disable_progress_bar()  # the completeness checks load the pipeline many times
     rng = random.Random(args.seed)
     root = Path(tempfile.mkdtemp(prefix="bench_faults-"))
 
