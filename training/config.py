@@ -54,6 +54,10 @@ DEFAULTS: dict = {
         "batch_size": 32,
         "lr": 1e-3,
         "kl_weight": 1e-6,
+        # each training image of the vae and decoder stages scaled by a factor drawn from [1 - j, 1 + j] (then
+        # clipped), so the decoder draws back the brightness it is given instead of the data's tie of brightness to
+        # other factors (real Morpho-MNIST: intensity to thickness); 0: none
+        "brightness_jitter": 0.0,
         # the `decoder` stage: steps refining the decoder on posterior means, encoder frozen (0: no such stage)
         "decoder_num_steps": 0,
         "decoder_lr": 3e-4,
@@ -198,6 +202,10 @@ def load_config(source: str | Path | dict, overrides: dict | None = None) -> dic
             "images cannot be re-rendered under interventions."
         )
     _check_editing(config["editing"])
+    if config["vae"] is not None and not config["vae"]["brightness_jitter"] < 1:
+        raise ValueError(
+            f"Config 'vae.brightness_jitter' must be a number in [0, 1), got {config['vae']['brightness_jitter']!r}."
+        )
     check_prediction_type(config["unet"]["prediction_type"], "Config 'unet.prediction_type'")
     pretrained = config["unet"]["pretrained"]
     if pretrained is not None:
