@@ -87,10 +87,8 @@ def change_sources(graph: CausalGraph, names: list[str], changed: torch.Tensor) 
         names: The factor names, in the columns' order.
         changed: bool Tensor[N, F], which factors of each image the edit changes.
     """
-    ancestry = torch.tensor(
-        [[other in graph.ancestors(name) for other in names] for name in names],
-        device=changed.device,
-    )
+    ancestors = {name: graph.ancestors(name) for name in names}
+    ancestry = torch.tensor([[other in ancestors[name] for other in names] for name in names], device=changed.device)
     has_changed_ancestor = (changed[:, None, :] & ancestry[None]).any(dim=2)
     return changed & ~has_changed_ancestor
 

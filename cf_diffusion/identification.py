@@ -149,6 +149,7 @@ def identify_edits(
         return [EditIdentification({}, kept)] * (num_images * num_counterfactuals)
     generator = torch.Generator(device=scm.device).manual_seed(SAMPLE_SEED)
     samples = scm.counterfactual(values, interventions, num_samples, generator=generator)
+    observed = _observed(scm, {name: samples[name] if name in changed else values[name] for name in values})
     entries = []
     for b in range(num_images):
         row = {name: value[b] for name, value in values.items()}
@@ -157,20 +158,22 @@ def identify_edits(
             name: _identify(scm, name, samples[name][b], row, fixed, graph.ancestors(name) & set(interventions))
             for name in names
         }
-        observed = _observed(scm, {name: samples[name][b] if name in changed else row[name] for name in values})
-        entries += [EditIdentification(factors, kept, observed)] * num_counterfactuals
+        share = None if observed is None else float(observed[b])
+        entries += [EditIdentification(factors, kept, share)] * num_counterfactuals
     return entries
 
 
-def _observed(scm: NeuralCausalModel, draws: dict[str, torch.Tensor]) -> float | None:
-    """The share of one image's counterfactual samples (changed factors: Tensor[S]; kept ones: their value) whose
-    configuration occurs among the observational rows, or None without counts."""
+def _observed(scm: NeuralCausalModel, draws: dict[str, torch.Tensor]) -> np.ndarray | None:
+    """Per image, the share of its counterfactual samples (changed factors: Tensor[B, S]; kept ones: their values,
+    Tensor[B]) whose configuration occurs among the observational rows: array[B]; None without counts."""
     counts = scm.observational_counts
     if counts is None:
         return None
-    num_samples = max(value.numel() for value in draws.values())
-    table = {name: value.reshape(-1).expand(num_samples) for name, value in draws.items()}
-    return float(np.mean(counts.occurrences(table) > 0))
+    shape = next(value.shape for value in draws.values() if value.ndim == 2)
+    table = {
+        name: (value if value.ndim == 2 else value[:, None]).expand(shape).reshape(-1) for name, value in draws.items()
+    }
+    return (counts.occurrences(table) > 0).reshape(shape).mean(axis=1)
 
 
 def clear_bounds_cache() -> int:
