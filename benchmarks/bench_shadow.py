@@ -9,7 +9,7 @@ pendulum's move (a non-descendant: 0 is right), the share of scenes whose shadow
 the mean error against the true render inside the mask (grey levels: how faithfully the region is regenerated), and
 the largest change of any pixel outside the mask over all scenes.
 
-    python benchmarks/bench_shadow.py --model runs/pendulum/pipeline --size 1024 --scenes 8
+    python benchmarks/bench_shadow.py --size 1024 --scenes 8
 """
 
 import argparse
@@ -26,7 +26,7 @@ from cf_diffusion.models import load_pipeline
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True, help="a pendulum pipeline folder")
+    parser.add_argument("--model", default="pendulum", help="a shipped model's name or a pendulum pipeline folder")
     parser.add_argument("--size", type=int, default=1024)
     parser.add_argument("--scenes", type=int, default=8)
     parser.add_argument("--mask-threshold", type=float, nargs="+", default=[0.1, 0.2, 0.3, 0.5])
@@ -54,7 +54,9 @@ def main() -> None:
                 mask_threshold=threshold,
                 generator=torch.Generator().manual_seed(seed),
             )
-            rows[threshold].append({**against_truth(sample, target, args.size, out), "mask": float(out.masks.mean())})
+            mask = out.masks[0, 0].numpy()
+            read = against_truth(sample, target, args.size, np.asarray(out.images[0]), mask)
+            rows[threshold].append({**read, "mask": float(mask.mean())})
 
     print(
         f"pendulum at {args.size} px, do(light_angle) on {args.scenes} scenes, {args.steps} steps, working size "

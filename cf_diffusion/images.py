@@ -34,6 +34,26 @@ def uint8_to_signed(pixels: torch.Tensor) -> torch.Tensor:
     return pixels.float() / 127.5 - 1.0
 
 
+def pil_to_signed(images: list[Image.Image]) -> torch.Tensor:
+    """8-bit PIL images of one size -> float32 Tensor[B, C, H, W] in [-1, 1], the values diffusers'
+    `VaeImageProcessor.preprocess` gives (`x / 255`, then `2 x - 1`), computed in place in the output, so a large image
+    costs one float copy rather than several.
+
+    Raises:
+        ValueError: If the images are not all of one size and number of channels.
+    """
+    arrays = [np.array(image) for image in images]
+    arrays = [array[..., None] if array.ndim == 2 else array for array in arrays]
+    shapes = {array.shape for array in arrays}
+    if len(shapes) > 1:
+        raise ValueError(f"images of one call must share one size and mode, got (height, width, channels) {shapes}")
+    height, width, channels = arrays[0].shape
+    pixels = torch.empty((len(arrays), channels, height, width), dtype=torch.float32)
+    for row, array in zip(pixels, arrays, strict=True):
+        row.copy_(torch.from_numpy(array).permute(2, 0, 1))
+    return pixels.div_(255).mul_(2).sub_(1)
+
+
 def to_uint8(images: torch.Tensor) -> np.ndarray:
     """Float Tensor[B, C, H, W] in [-1, 1] -> uint8 array[B, H, W, 3]."""
     array = signed_to_uint8(images.detach().float().cpu()).permute(0, 2, 3, 1).numpy()

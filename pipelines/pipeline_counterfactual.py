@@ -38,6 +38,7 @@ from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.image_processor import PipelineImageInput
 from diffusers.utils.torch_utils import randn_tensor
 
+from cf_diffusion.compositing import composite, resize
 from cf_diffusion.conditioning import FactorEncoder
 from cf_diffusion.editing_defaults import (
     ABDUCTIONS,
@@ -54,7 +55,7 @@ from cf_diffusion.editing_defaults import (
 )
 from cf_diffusion.guidance import GuidanceScale, change_sources, edit_guidance, factor_weights
 from cf_diffusion.identification import identify_edits
-from cf_diffusion.images import padding_box, uint8_to_unit
+from cf_diffusion.images import padding_box, pil_to_signed, uint8_to_unit
 from cf_diffusion.inversion import (
     ddim_invert,
     ddim_step,
@@ -115,7 +116,7 @@ def _resize(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Images Tensor[B, C, H, W] in [-1, 1] resized to `size` (bicubic, antialiased when shrinking), in [-1, 1]."""
     if tuple(images.shape[-2:]) == tuple(size):
         return images
-    return F.interpolate(images, size=tuple(size), mode="bicubic", antialias=True).clamp(-1, 1)
+    return resize(images, size).clamp(-1, 1)
 
 
 def _unit_range(image: Any) -> Any:
@@ -519,6 +520,9 @@ class CounterfactualDiffusionPipeline(FactorPipelineMixin, DiffusionPipeline):
         if isinstance(image, list) and not image:
             raise ValueError("image is an empty list; pass one image or a non-empty list of images")
         image = [_unit_range(i) for i in image] if isinstance(image, list) else _unit_range(image)
+        images = image if isinstance(image, list) else [image]
+        if all(isinstance(i, PIL.Image.Image) for i in images):
+            return pil_to_signed(images)
         return self.image_processor.preprocess(image).to(torch.float32)
 
     def _pad_smaller(self, pixels: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int, int] | None]:
@@ -651,7 +655,7 @@ class CounterfactualDiffusionPipeline(FactorPipelineMixin, DiffusionPipeline):
             latents: Tensor[N, c, h, w].
             output_type: `"pil"`, `"np"`, `"pt"` or `"latent"`.
             reference: The input pixels Tensor[N, C, H, W] in [-1, 1], or None: the decoded images are resized to
-                their size.
+                their size and composited into them band by band (`cf_diffusion.compositing.composite`).
             pixel_mask: Tensor[N, 1, H, W] in [0, 1], or None: the images are `m * decoded + (1 - m) * reference`,
                 so where m is 0 they are the reference's pixels exactly.
             box: (top, left, bottom, right) of the input inside its padding (`_pad_smaller`), or None: the images
@@ -660,14 +664,9 @@ class CounterfactualDiffusionPipeline(FactorPipelineMixin, DiffusionPipeline):
         if output_type == "latent":
             return latents
         images = self._decode(latents)
-        if reference is not None:
-            images = _resize(images, reference.shape[-2:])
-        if pixel_mask is not None:
-            images = pixel_mask * images + (1 - pixel_mask) * reference
-        if box is not None:
-            top, left, bottom, right = box
-            images = images[..., top:bottom, left:right]
-        return self.image_processor.postprocess(images, output_type=output_type)
+        if reference is None:
+            return self.image_processor.postprocess(images, output_type=output_type)
+        return composite(images, reference, pixel_mask, box, output_type, self.image_processor.postprocess)
 
     def _prepare_mask(
         self, mask: torch.Tensor | None, batch_size: int, latent_shape: tuple[int, int], device: torch.device
@@ -1085,7 +1084,9 @@ class CounterfactualDiffusionPipeline(FactorPipelineMixin, DiffusionPipeline):
                     latents = latent_mask * latents + (1 - latent_mask) * trajectory[i + 1]
                 latents = self._callback(callback_on_step_end, callback_on_step_end_tensor_inputs, i, t, latents)
 
-        reference = None if pixels is None else pixels.to(device).repeat_interleave(num_counterfactuals, dim=0)
+        reference = None
+        if pixels is not None:
+            reference = pixels if num_counterfactuals == 1 else pixels.repeat_interleave(num_counterfactuals, dim=0)
         images = self._decode_latents(latents, output_type, reference, pixel_mask, box)
         self.maybe_free_model_hooks()
         output = CounterfactualPipelineOutput(
