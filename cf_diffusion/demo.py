@@ -1,4 +1,8 @@
-"""`cf-diffusion demo`: edit the default model's built-in example images and draw factual | counterfactuals."""
+"""`cf-diffusion demo`: edit a model's built-in example images and draw factual | counterfactuals.
+
+A model whose examples are larger than its own size (a high-resolution model such as `pendulum`) gets the
+high-resolution panel instead: its first example edited once per cause (a demo factor with children in the graph,
+whose edit moves what it causes), one row of input | edit | mask each."""
 
 from pathlib import Path
 
@@ -50,15 +54,14 @@ def run_demo(
     """
     pipe = load_pipeline(model)
     examples = load_examples(model)
+    if max(examples[0]["image"].size) > pipe.image_size:
+        return _highres_demo(pipe, examples[0], out, num_inference_steps, guidance_scale, seed)
     schema = pipe.schema
     images = [e["image"] for e in examples]
     factual = [e["factors"] for e in examples]
     columns, table = [], []
     for factor in demo_factors(schema):
-        indices = schema.to_values({factor.name: [row[factor.name] for row in factual]}, partial=True)[
-            factor.name
-        ].numpy()
-        values = schema.from_values({factor.name: torch.as_tensor(shifted_values(factor, indices))})[factor.name]
+        values = _shifted(schema, factor, factual)
         out_ = pipe(
             image=images,
             factors=factual,
@@ -87,6 +90,44 @@ def run_demo(
     canvas.paste(grid, (0, 0))
     canvas.paste(graph, (grid.width + 10, 0))
     return save_image(canvas, out), table
+
+
+def _shifted(schema, factor: Factor, factual: list[dict]) -> list:
+    """The demo's target of `factor` for each factual row (`shifted_values`), in the factor's own values."""
+    indices = schema.to_values({factor.name: [row[factor.name] for row in factual]}, partial=True)[factor.name]
+    return schema.from_values({factor.name: torch.as_tensor(shifted_values(factor, indices.numpy()))})[factor.name]
+
+
+def _highres_demo(
+    pipe, example: dict, out: str | Path, num_inference_steps: int, guidance_scale: GuidanceScale, seed: int
+) -> tuple[Path, list[dict]]:
+    """The high-resolution panel: `example` edited at its own size (the pipeline's high-resolution defaults: the
+    diffusion at the model's size, the input's own pixels outside the edit's mask) once per cause; one row per edit
+    of input | edit | mask (the input, dimmed outside the mask)."""
+    schema, graph = pipe.schema, pipe.scm.graph
+    factual = example["factors"]
+    pixels = np.asarray(example["image"].convert("RGB"))
+    cells, captions, table = [], [], [{"example": 0, "edit": "factual", **factual}]
+    for factor in [f for f in demo_factors(schema) if graph.children(f.name)]:
+        target = _shifted(schema, factor, [factual])[0]
+        edit = pipe(
+            image=example["image"],
+            factors=factual,
+            interventions={factor.name: target},
+            num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale,
+            generator=torch.Generator().manual_seed(seed),
+        )
+        mask = edit.masks[0, 0].numpy()[..., None]
+        row = edit.counterfactual_factors[0]
+        cells += [pixels, np.asarray(edit.images[0].convert("RGB")), (pixels * (0.25 + 0.75 * mask)).astype(np.uint8)]
+        captions += [
+            "input\n" + _caption(factual, None),
+            f"do({factor.name})\n" + _caption(row, factual, edit.identification[0]),
+            f"mask: {100 * mask.mean():.0f}% of the pixels may change\noutside it the input's own pixels",
+        ]
+        table.append({"example": 0, "edit": f"do({factor.name})", **row})
+    return save_image(image_grid(np.stack(cells), columns=3, captions=captions), out), table
 
 
 def _draw_graph(graph) -> Path:

@@ -173,6 +173,10 @@ class CounterfactualDiffusionPipeline(FactorPipelineMixin, DiffusionPipeline):
             none; 0 disables it. Saved in `model_index.json`.
         default_keep_guidance: The model's own `keep_guidance` (see `__call__`), used where a call gives none; 0
             disables it. Saved in `model_index.json`.
+        default_working_size: The shorter side, in pixels, at which the model edits an image larger than that when a
+            call gives no `working_size` (a model trained on whole scenes edits them at its own size, in one tile);
+            None edits every image at its own size, in tiles. A multiple of `size_multiple`, at least the model's
+            size. Saved in `model_index.json`.
     """
 
     model_cpu_offload_seq = "factor_predictor->text_encoder->factor_encoder->unet->vae"
@@ -194,6 +198,7 @@ class CounterfactualDiffusionPipeline(FactorPipelineMixin, DiffusionPipeline):
         default_guidance_scale: GuidanceScale = None,
         default_predictor_guidance: float = DEFAULT_PREDICTOR_GUIDANCE,
         default_keep_guidance: float = DEFAULT_KEEP_GUIDANCE,
+        default_working_size: int | None = None,
     ):
         super().__init__()
         _check_predictor_guidance(default_predictor_guidance, factor_predictor, "default_predictor_guidance")
@@ -219,8 +224,10 @@ class CounterfactualDiffusionPipeline(FactorPipelineMixin, DiffusionPipeline):
             default_guidance_scale=default_guidance_scale,
             default_predictor_guidance=default_predictor_guidance,
             default_keep_guidance=default_keep_guidance,
+            default_working_size=default_working_size,
         )
         self._set_up_processing()
+        self._check_default_working_size(default_working_size)
         self._keep_scale: torch.Tensor | None = None
 
     # ------------------------------------------------------------------ properties
@@ -369,6 +376,22 @@ class CounterfactualDiffusionPipeline(FactorPipelineMixin, DiffusionPipeline):
                 f"of {self.image_channels} channel(s) at {size}x{size} pixels (smaller ones are padded to it), or "
                 f"larger with sides multiples of {multiple} (pass working_size to edit other sizes at a size it can)"
             )
+
+    def _check_default_working_size(self, value: Any) -> None:
+        """`default_working_size` is None or a multiple of `size_multiple` from the model's size up."""
+        if value is not None and (not isinstance(value, int) or value % self.size_multiple or value < self.image_size):
+            raise ValueError(
+                f"default_working_size must be None or a multiple of {self.size_multiple} of at least the model's "
+                f"size {self.image_size}, got {value!r}"
+            )
+
+    def _resolve_working_size(self, working_size: int | None, pixels: torch.Tensor | None) -> int | None:
+        """`working_size` as given, or the model's `default_working_size` for an image whose shorter side is larger
+        than it (None for others: they are edited at their own size)."""
+        default = self.config.default_working_size
+        if working_size is not None or default is None or pixels is None or min(pixels.shape[-2:]) <= default:
+            return working_size
+        return default
 
     def _working_shape(self, height: int, width: int, working_size: int | None) -> tuple[int, int]:
         """(height, width) at which an image of `height` x `width` is diffused: its own, or scaled so that its
@@ -772,8 +795,8 @@ class CounterfactualDiffusionPipeline(FactorPipelineMixin, DiffusionPipeline):
                 model's `default_abduction`).
             generator: Noise of the DDPM abduction: a generator or a list of B.
             prompt: Prompt(s) for a pipeline with a text encoder.
-            working_size: Shorter side, in pixels, at which to invert (the image is resized to it); None inverts at
-                the image's own size.
+            working_size: Shorter side, in pixels, at which to invert (the image is resized to it); None: the
+                model's `default_working_size` for images larger than it, else the image's own size.
             tile_overlap: Fraction in [0, 1) of a tile shared with its neighbour, for latents larger than the UNet's.
             tile_batch_size: Tiles per UNet call.
 
@@ -783,6 +806,7 @@ class CounterfactualDiffusionPipeline(FactorPipelineMixin, DiffusionPipeline):
         """
         pixels, _ = self._pad_smaller(self._preprocess_image(image))
         batch_size = pixels.shape[0]
+        working_size = self._resolve_working_size(working_size, pixels)
         self.check_inputs(
             image=pixels,
             batch_size=batch_size,
@@ -948,7 +972,8 @@ class CounterfactualDiffusionPipeline(FactorPipelineMixin, DiffusionPipeline):
                 beside the lamp that casts it) and changes more of the image.
             working_size: Shorter side, in pixels, at which the diffusion runs (a multiple of `size_multiple`,
                 from the model's size to the image's): the image is resized to it (antialiased bicubic), edited, and
-                the edit resized back to the image's size. None runs at the image's own size.
+                the edit resized back to the image's size. None: the model's `default_working_size` for images larger
+                than it, else the image's own size.
             tile_overlap: Fraction in [0, 1) of a tile shared with its neighbour (default 0.25, or the inversion's).
             tile_batch_size: Tiles per UNet call (memory against speed; the result does not depend on it).
             predictor_guidance: Scale s >= 0 of guidance by the `factor_predictor` toward the whole counterfactual
@@ -981,6 +1006,7 @@ class CounterfactualDiffusionPipeline(FactorPipelineMixin, DiffusionPipeline):
                 raise ValueError("image is required (or an inversion from pipe.invert(...))")
             pixels, box = self._pad_smaller(self._preprocess_image(image))
             batch_size = pixels.shape[0]
+        working_size = self._resolve_working_size(working_size, pixels)
         self.check_inputs(
             image=pixels,
             batch_size=batch_size,

@@ -274,3 +274,51 @@ def test_cli_edit_show_mask_writes_an_input_edit_mask_panel(tmp_path, capsys):
     assert panel.size[0] == 3 * 64 and f"wrote {tmp_path / 'out_mask.png'}" in capsys.readouterr().out
     assert main([*argv, "--out", str(out), "--show-mask", "--preserve", "none"]) == 2
     assert "--show-mask draws the preservation mask" in capsys.readouterr().err
+
+
+def test_default_working_size_edits_larger_images_at_it(tmp_path):
+    from cf_diffusion.pipelines import CounterfactualDiffusionPipeline
+
+    pipe = tiny_pipeline(latent=True)
+    pipe.register_to_config(default_working_size=32)
+    pipe.save_pretrained(tmp_path)
+    pipe = CounterfactualDiffusionPipeline.from_pretrained(tmp_path)
+    assert pipe.config.default_working_size == 32
+    pipe.set_progress_bar_config(disable=True)
+    image = to_pil(tiny_images(1, 64))
+    arguments = {"image": image, "factors": FACTORS, "interventions": {"color": "green"}, "num_inference_steps": 2}
+    by_default = pipe(**arguments, output_type="np", generator=torch.Generator().manual_seed(0))
+    explicit = pipe(**arguments, output_type="np", working_size=32, generator=torch.Generator().manual_seed(0))
+    assert by_default.inversion.trajectory.shape[-2:] == (16, 16)
+    np.testing.assert_array_equal(by_default.images, explicit.images)
+    at_its_size = pipe(**{**arguments, "image": to_pil(tiny_images(1, 32))}, output_type="np")
+    assert at_its_size.images.shape == (1, 32, 32, 3)
+    full = pipe(**arguments, working_size=64, output_type="np")  # a call's own working size wins
+    assert full.inversion.trajectory.shape[-2:] == (32, 32)
+
+
+@pytest.mark.parametrize("value", [18, 8, "32"])
+def test_a_bad_default_working_size_is_refused(value):
+    from cf_diffusion.pipelines import CounterfactualDiffusionPipeline
+
+    pipe = tiny_pipeline(latent=True)
+    with pytest.raises(ValueError, match="default_working_size must be None or a multiple of"):
+        CounterfactualDiffusionPipeline(**pipe.components, default_working_size=value)
+
+
+def test_demo_of_a_high_resolution_model_draws_input_edit_mask_per_cause(tmp_path):
+    import json
+
+    from cf_diffusion.demo import run_demo
+
+    pipe = tiny_pipeline(latent=True)
+    pipe.register_to_config(default_working_size=16)
+    pipe.save_pretrained(tmp_path / "model")
+    examples = tmp_path / "model" / "examples"
+    examples.mkdir()
+    to_pil(tiny_images(1, 64)).save(examples / "scene.png")  # 4x the model's 16 px
+    (examples / "examples.jsonl").write_text(json.dumps({"file_name": "scene.png", "factors": FACTORS}) + "\n")
+    path, table = run_demo(str(tmp_path / "model"), tmp_path / "demo.png", num_inference_steps=2)
+    assert [row["edit"] for row in table] == ["factual", "do(size)", "do(bar)"]  # the demo factors with children
+    panel = Image.open(path)
+    assert panel.size[0] == 3 * 64 and panel.size[1] > 2 * 64

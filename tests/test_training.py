@@ -103,7 +103,8 @@ def assert_same_state(a, b, where: str = "state") -> None:
 
 
 def test_tiny_recipe_trains_a_pipeline_that_loads_and_edits(tmp_path):
-    config = tiny_recipe(tmp_path / "run", editing={"abduction": "ddpm", "guidance_scale": {"color": 2.0}})
+    editing = {"abduction": "ddpm", "guidance_scale": {"color": 2.0}, "working_size": 32}
+    config = tiny_recipe(tmp_path / "run", editing=editing)
     path = train(config)
     run = tmp_path / "run"
     assert path == run / "pipeline" and (path / "model_index.json").is_file()
@@ -116,6 +117,7 @@ def test_tiny_recipe_trains_a_pipeline_that_loads_and_edits(tmp_path):
     assert pipe.vae is not None and pipe.unet.config.sample_size == 8 and pipe.image_size == 16
     assert pipe.schema.names == get_dataset("colored-bars").schema.names
     assert pipe.config.default_abduction == "ddpm" and pipe.config.default_guidance_scale == {"color": 2.0}
+    assert pipe.config.default_working_size == 32
     image, factors = colored_bars_image()
     other = "green" if factors["color"] == "red" else "red"
     out = pipe(
@@ -387,6 +389,7 @@ def test_checkpoints_are_written_atomically(tmp_path, monkeypatch):
         ({"data": {"dataset": "morpho"}, "editing": {"abduction": "euler"}}, None, "'editing.abduction'.*'euler'"),
         ({"data": {"dataset": "morpho"}, "editing": {"guidance_scale": {"digit": -1}}}, None, "'editing.guidance"),
         ({"data": {"dataset": "morpho"}, "editing": {"guidance_scale": "high"}}, None, "'editing.guidance_scale'"),
+        ({"data": {"dataset": "morpho"}, "editing": {"working_size": 16}}, None, "'editing.working_size'.*\\(32\\)"),
         ({"data": {"dataset": "morpho"}, "unet": {"prediction_type": "x0"}}, None, "'unet.prediction_type'.*'x0'"),
         (
             {"data": {"dataset": "morpho"}, "training": {"checkpointing_steps": 0}},

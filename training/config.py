@@ -99,6 +99,7 @@ DEFAULTS: dict = {
         "guidance_scale": None,  # None (by factor kind), a number, or {factor: w} (cf_diffusion.guidance)
         "predictor_guidance": DEFAULT_PREDICTOR_GUIDANCE,
         "keep_guidance": DEFAULT_KEEP_GUIDANCE,
+        "working_size": None,  # or the side at which images larger than it are edited (e.g. data.resolution)
     },
 }
 
@@ -201,7 +202,7 @@ def load_config(source: str | Path | dict, overrides: dict | None = None) -> dic
             "Config 'data.interventional_fraction' needs a procedural dataset ('data.dataset'): a folder of "
             "images cannot be re-rendered under interventions."
         )
-    _check_editing(config["editing"])
+    _check_editing(config["editing"], data["resolution"])
     if config["vae"] is not None and not config["vae"]["brightness_jitter"] < 1:
         raise ValueError(
             f"Config 'vae.brightness_jitter' must be a number in [0, 1), got {config['vae']['brightness_jitter']!r}."
@@ -225,8 +226,15 @@ def check_prediction_type(prediction_type: str, where: str) -> None:
         raise ValueError(f"{where} must be one of {list(PREDICTION_TYPES)}, got {prediction_type!r}.")
 
 
-def _check_editing(editing: dict) -> None:
-    """The `editing` section's values (its factor names are checked when training starts, with the data's schema)."""
+def _check_editing(editing: dict, resolution: int) -> None:
+    """The `editing` section's values (its factor names are checked when training starts, with the data's schema;
+    whether `working_size` is a multiple of the model's downsampling, when the pipeline is assembled)."""
+    size = editing["working_size"]
+    if size is not None and (not _is_int(size) or size < resolution):
+        raise ValueError(
+            f"Config 'editing.working_size' must be null or an integer of at least data.resolution ({resolution}), "
+            f"got {size!r}."
+        )
     if editing["abduction"] not in ABDUCTIONS:
         raise ValueError(
             f"Config 'editing.abduction' must be {' or '.join(map(repr, ABDUCTIONS))}, got {editing['abduction']!r}."
