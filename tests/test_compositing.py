@@ -68,7 +68,8 @@ def test_pil_output_rounds_as_diffusers_does(scene):
     decoded, reference, mask = scene
     images = composite(decoded, reference, mask, None, "pil", POSTPROCESS)
     expected = VaeImageProcessor.numpy_to_pil(whole_image_composite(decoded, reference, mask, "np"))
-    diff = [np.abs(np.asarray(a, np.int16) - np.asarray(b, np.int16)).max() for a, b in zip(images, expected)]
+    pairs = zip(images, expected, strict=True)
+    diff = [np.abs(np.asarray(a, np.int16) - np.asarray(b, np.int16)).max() for a, b in pairs]
     assert max(diff) <= 1  # the same up to a rounding flip where the two resizes differ in the last float bit
 
 
