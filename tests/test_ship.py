@@ -49,3 +49,13 @@ def test_a_folder_model_ships_half_weights_and_held_out_examples_at_their_own_si
         ship_model(pipeline, "colored-bars", tmp_path / "other", data=data, holdout=4)
     with pytest.raises(ValueError, match="holdout must be in"):
         ship_model(pipeline, None, tmp_path / "other", data=data, holdout=0)
+
+
+def test_procedural_examples_ship_at_the_model_size_or_the_size_asked(tmp_path):
+    pipeline = tmp_path / "pipeline"
+    tiny_pipeline().save_pretrained(pipeline)
+    for size, expected in ((None, 8), (32, 32)):
+        out = ship_model(pipeline, "colored-bars", tmp_path / f"shipped_{size}", num_examples=2, example_size=size)
+        lines = [json.loads(line) for line in (out / "examples" / "examples.jsonl").read_text().splitlines()]
+        assert len(lines) == 2 and set(lines[0]["factors"]) == {"size", "color", "bar", "digit"}
+        assert all(Image.open(out / "examples" / line["file_name"]).size == (expected, expected) for line in lines)

@@ -82,9 +82,11 @@ def ship_model(
     seed: int = 2024,
     data: str | Path | None = None,
     holdout: int = 0,
+    example_size: int | None = None,
 ):
     """Copies `pipeline` to `out` with float16 weights and `num_examples` held-out example images: of the procedural
-    dataset `dataset_name`, or of the last `holdout` rows of the labelled folder `data`."""
+    dataset `dataset_name` (rendered at `example_size`, or at the model's size when None; a high-resolution model
+    ships larger examples), or of the last `holdout` rows of the labelled folder `data`."""
     if (dataset_name is None) == (data is None):
         raise ValueError("give exactly one of dataset_name (a procedural dataset) or data (a labelled folder)")
     pipeline, out = Path(pipeline), Path(out)
@@ -94,7 +96,7 @@ def ship_model(
     shutil.copytree(pipeline, tmp)
     halve_weights(tmp)
     if data is None:
-        write_examples(tmp, dataset_name, config["sample_size"], num_examples, seed)
+        write_examples(tmp, dataset_name, example_size or config["sample_size"], num_examples, seed)
     else:
         write_folder_examples(tmp, data, holdout, num_examples, seed)
     shutil.rmtree(out, ignore_errors=True)
@@ -111,5 +113,15 @@ if __name__ == "__main__":
     parser.add_argument("--holdout", type=int, default=0)
     parser.add_argument("--out", required=True)
     parser.add_argument("--num-examples", type=int, default=4)
+    parser.add_argument("--example-size", type=int, help="side of procedural examples (default: the model's size)")
     args = parser.parse_args()
-    print(ship_model(args.pipeline, args.dataset, args.out, args.num_examples, data=args.data, holdout=args.holdout))
+    out = ship_model(
+        args.pipeline,
+        args.dataset,
+        args.out,
+        args.num_examples,
+        data=args.data,
+        holdout=args.holdout,
+        example_size=args.example_size,
+    )
+    print(out)
