@@ -123,6 +123,7 @@ def main() -> None:
     )
     parser.add_argument("--predictor-guidance", nargs="+", type=float, default=[None])
     parser.add_argument("--keep-guidance", nargs="+", type=float, default=[None])
+    parser.add_argument("--keep-residual", nargs="+", type=int, choices=[0, 1], default=[0])
     parser.add_argument("--cvae", default=None, help="the cvae-scm baseline's folder (for --methods cvae-scm)")
     parser.add_argument("--edits", nargs="+", default=[*EDITS, "null"], choices=[*EDITS, "null"])
     parser.add_argument("--diagnostics", action="store_true", help="reader bias and data support (no edits)")
@@ -144,24 +145,35 @@ def main() -> None:
     print("| edit | method | " + " | ".join(columns) + " | seconds |")
     print("|---|---|" + "---|" * (len(columns) + 1))
     print("| none | factual digits (floor) | " + " | ".join(f"{floors[c]:.3f}" for c in columns) + " | |")
-    settings = list(itertools.product(args.abduction, args.guidance, args.predictor_guidance, args.keep_guidance))
+    settings = list(
+        itertools.product(
+            args.abduction, args.guidance, args.predictor_guidance, args.keep_guidance, map(bool, args.keep_residual)
+        )
+    )
     null_rows = []
     for edit in args.edits:
         intervened = [] if edit == "null" else [edit]
         targets = labels if edit == "null" else edit_targets(pipe, labels, edit, args.seed)
-        for name, (abduction, guidance, predictor_guidance, keep) in itertools.product(args.methods, settings):
-            if name != "ours" and (guidance, predictor_guidance, keep) != settings[0][1:]:
+        for name, (abduction, guidance, predictor_guidance, keep, residual) in itertools.product(
+            args.methods, settings
+        ):
+            if name != "ours" and (guidance, predictor_guidance, keep, residual) != settings[0][1:]:
                 continue
             method = Method(name, args.steps, abduction or pipe.config.default_abduction)
             options = EditOptions(cvae=cvae)  # the baselines edit with the model's own settings
             if name == "ours":
                 options = EditOptions(
-                    guidance_scale=guidance, predictor_guidance=predictor_guidance, keep_guidance=keep
+                    guidance_scale=guidance,
+                    predictor_guidance=predictor_guidance,
+                    keep_guidance=keep,
+                    keep_residual=residual,
                 )
             start = time.perf_counter()
             edited = run_method(pipe, method, options, images, labels, targets, intervened, args.seed, args.batch_size)
             seconds = time.perf_counter() - start
-            label = f"{method.name} w={guidance} s={predictor_guidance} k={keep}" if name == "ours" else method.name
+            label = method.name
+            if name == "ours":
+                label += f" w={guidance} s={predictor_guidance} k={keep}" + (" residual" if residual else "")
             if edit == "null":
                 null_rows.append(f"| {label} | {null_figures(pipe, method, options, images, edited, labels, args)} |")
                 continue

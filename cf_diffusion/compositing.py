@@ -41,6 +41,7 @@ def composite(
     box: tuple[int, int, int, int] | None,
     output_type: str,
     postprocess: Any,
+    factual: torch.Tensor | None = None,
 ) -> Any:
     """The decoded images resized to the reference's size, put into it under the mask, cropped and converted.
 
@@ -53,6 +54,9 @@ def composite(
         output_type: `"pil"`, `"np"` or `"pt"`, as diffusers' `VaeImageProcessor.postprocess`.
         postprocess: That image processor's `postprocess`, applied band by band (`output_type` `"pt"` for `"pt"`,
             else `"np"`).
+        factual: Tensor like `decoded` or None: the decoding of the factual sample. Given, the edit is the
+            reference plus the resized change `decoded - factual` (what the decoder does not reproduce of the
+            input, `reference - factual`, is kept as the input's own), else the resized decoded image.
 
     Returns:
         A list of N PIL images, an array[N, H, W, C] float32 in [0, 1], or a Tensor[N, C, H, W] in [0, 1] (the
@@ -62,7 +66,8 @@ def composite(
     (height_in, width_in), (height_out, width_out) = decoded.shape[-2:], reference.shape[-2:]
     rows = resize_matrix(height_in, height_out)[top:bottom].to(decoded)
     columns = resize_matrix(width_in, width_out)[left:right].to(decoded)
-    narrow = decoded[..., left:right] if width_in == width_out else decoded @ columns.T
+    change = decoded if factual is None else decoded - factual
+    narrow = change[..., left:right] if width_in == width_out else change @ columns.T
     count, channels = decoded.shape[:2]
     height, width = bottom - top, right - left
     if output_type == "pt":
@@ -76,10 +81,11 @@ def composite(
             edit = narrow[..., top + start : top + stop, :]
         else:
             edit = rows[start:stop] @ narrow
-        edit = edit.clamp(-1, 1)
+        input_band = reference[..., top + start : top + stop, left:right].to(edit)
+        edit = (edit if factual is None else input_band + edit).clamp(-1, 1)
         if pixel_mask is not None:
             mask = pixel_mask[..., top + start : top + stop, left:right].to(edit)
-            edit = mask * edit + (1 - mask) * reference[..., top + start : top + stop, left:right].to(edit)
+            edit = mask * edit + (1 - mask) * input_band
         if output_type == "pt":
             output[..., start:stop, :] = postprocess(edit, output_type="pt")
         else:

@@ -671,6 +671,7 @@ class CounterfactualDiffusionPipeline(FactorPipelineMixin, DiffusionPipeline):
         reference: torch.Tensor | None = None,
         pixel_mask: torch.Tensor | None = None,
         box: tuple[int, int, int, int] | None = None,
+        factual: torch.Tensor | None = None,
     ) -> Any:
         """Samples -> images of `output_type` (latents are returned as they are for `"latent"`).
 
@@ -683,13 +684,18 @@ class CounterfactualDiffusionPipeline(FactorPipelineMixin, DiffusionPipeline):
                 so where m is 0 they are the reference's pixels exactly.
             box: (top, left, bottom, right) of the input inside its padding (`_pad_smaller`), or None: the images
                 are cropped to it.
+            factual: The factual samples like `latents`, or None: given (with `reference`), the images are the
+                reference plus the decoded change (`keep_residual`).
         """
         if output_type == "latent":
             return latents
         images = self._decode(latents)
         if reference is None:
             return self.image_processor.postprocess(images, output_type=output_type)
-        return composite(images, reference, pixel_mask, box, output_type, self.image_processor.postprocess)
+        decoded_factual = None if factual is None else self._decode(factual)
+        return composite(
+            images, reference, pixel_mask, box, output_type, self.image_processor.postprocess, decoded_factual
+        )
 
     def _prepare_mask(
         self, mask: torch.Tensor | None, batch_size: int, latent_shape: tuple[int, int], device: torch.device
@@ -921,6 +927,7 @@ class CounterfactualDiffusionPipeline(FactorPipelineMixin, DiffusionPipeline):
         tile_batch_size: int = DEFAULT_TILE_BATCH_SIZE,
         predictor_guidance: float | None = None,
         keep_guidance: float | None = None,
+        keep_residual: bool = False,
     ) -> CounterfactualPipelineOutput | tuple:
         """Edits images counterfactually: what would each image have been had the intervened factors been different?
 
@@ -986,6 +993,10 @@ class CounterfactualDiffusionPipeline(FactorPipelineMixin, DiffusionPipeline):
                 unknown))`, so a kept factor the training data correlate with a changed one (thickness under
                 do(intensity) in Morpho-MNIST) holds. Rows whose edit changes nothing are not guided. None: the
                 model's `default_keep_guidance`; 0: none.
+            keep_residual: Abduct the decoder's residual too: the output is the input plus the decoded change,
+                `x + dec(z') - dec(z)` (resized to the input's size), rather than `dec(z')`, so what the decoder
+                does not reproduce of the input (its exogenous part, fine detail) is kept, and a null edit returns
+                the input itself. Needs `image`.
 
         Returns:
             CounterfactualPipelineOutput (or the tuple of its fields that are not None: `(images, factual_factors,
@@ -1027,6 +1038,10 @@ class CounterfactualDiffusionPipeline(FactorPipelineMixin, DiffusionPipeline):
             inversion=inversion,
         )
         preserve = self._resolve_preserve(preserve, mask, pixels)
+        if keep_residual and pixels is None:
+            raise ValueError(
+                "keep_residual adds the decoded change to the input, so it needs image (not an inversion)"
+            )
         if predictor_guidance is None:
             predictor_guidance = self.config.default_predictor_guidance
         _check_predictor_guidance(predictor_guidance, self.factor_predictor, "predictor_guidance")
@@ -1113,7 +1128,8 @@ class CounterfactualDiffusionPipeline(FactorPipelineMixin, DiffusionPipeline):
         reference = None
         if pixels is not None:
             reference = pixels if num_counterfactuals == 1 else pixels.repeat_interleave(num_counterfactuals, dim=0)
-        images = self._decode_latents(latents, output_type, reference, pixel_mask, box)
+        factual_samples = trajectory[-1] if keep_residual else None
+        images = self._decode_latents(latents, output_type, reference, pixel_mask, box, factual_samples)
         self.maybe_free_model_hooks()
         output = CounterfactualPipelineOutput(
             images=images,

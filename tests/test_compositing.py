@@ -104,3 +104,15 @@ def test_same_size_edit_is_not_resampled(monkeypatch):
     expected = POSTPROCESS(decoded, output_type="np")[:, 2:30, 2:30]
     assert got.shape == (1, 28, 28, 1)
     np.testing.assert_array_equal(got, expected)
+
+
+def test_with_the_factual_decoding_the_edit_is_the_input_plus_the_change(scene, monkeypatch):
+    decoded, reference, mask = scene
+    factual = torch.rand(decoded.shape, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    monkeypatch.setattr(compositing, "BAND_PIXELS", 7 * 60)
+    got = composite(decoded, reference, mask, None, "np", POSTPROCESS, factual=factual)
+    changed = (reference + resize(decoded - factual, (40, 60))).clamp(-1, 1)
+    expected = POSTPROCESS(mask * changed + (1 - mask) * reference, output_type="np")
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    unchanged = composite(decoded, reference, None, None, "np", POSTPROCESS, factual=decoded)
+    np.testing.assert_allclose(unchanged, POSTPROCESS(reference, output_type="np"), atol=1e-6)

@@ -88,6 +88,7 @@ class EditOptions:
         sdedit_strength: Fraction of the schedule that `sdedit` re-noises and denoises, in (0, 1].
         predictor_guidance: The pipeline's `predictor_guidance` for `ours` and `no-scm` (None: the model's own).
         keep_guidance: The pipeline's `keep_guidance` for `ours` and `no-scm` (None: the model's own).
+        keep_residual: The pipeline's `keep_residual` for `ours` and `no-scm`.
         cvae: The conditional VAE that `cvae-scm` edits with (None: that method cannot run).
     """
 
@@ -96,6 +97,7 @@ class EditOptions:
     sdedit_strength: float = DEFAULT_SDEDIT_STRENGTH
     predictor_guidance: float | None = None
     keep_guidance: float | None = None
+    keep_residual: bool = False
     cvae: ConditionalVAE | None = None
 
 
@@ -246,6 +248,7 @@ def apply_method(
         guidance_reference=options.guidance_reference,
         predictor_guidance=options.predictor_guidance,
         keep_guidance=options.keep_guidance,
+        keep_residual=options.keep_residual,
         **common,
     )
     return np.asarray(out.images)
