@@ -84,8 +84,9 @@ def light_target(light: float) -> float:
 def against_truth(sample, target: float, size: int, edited: np.ndarray, mask: np.ndarray | None) -> dict:
     """An edit of the one-row pendulum `sample` against the true counterfactual render under
     do(light_angle=target), read by `Pendulum.measure`: shadow position and length errors, how far the true shadow
-    moved, how far the non-descendant pendulum moved, the largest change of a pixel outside the mask, and the mean
-    error against the true render inside it (grey levels; the regenerated region's fidelity).
+    moved, how far the non-descendant pendulum moved, the largest change of a pixel outside the mask, the mean
+    error against the true render inside it (grey levels; the regenerated region's fidelity), and the mean signed
+    change inside it where the true render equals the input (grey levels; the background the edit should leave).
 
     Args:
         sample: The scene (`Pendulum.sample` at `size`, one row).
@@ -99,13 +100,15 @@ def against_truth(sample, target: float, size: int, edited: np.ndarray, mask: np
     dataset = get_dataset("pendulum")
     truth = dataset.counterfactual(sample.exogenous, {"light_angle": target}, resolution=size)
     read, true, before = dataset.measure(edited[None]), dataset.measure(truth.images), dataset.measure(sample.images)
-    outside, inside = None, None
+    outside, inside, shift = None, None, None
     if mask is not None:
         keep = mask == 0
-        change = np.abs(edited.astype(np.int16) - sample.images[0].astype(np.int16)).max(axis=-1)
-        outside = int(change[keep].max()) if keep.any() else 0
+        signed = edited.astype(np.float64) - sample.images[0].astype(np.float64)
+        outside = int(np.abs(signed).max(axis=-1)[keep].max()) if keep.any() else 0
         error = np.abs(edited.astype(np.float64) - truth.images[0].astype(np.float64)).mean(axis=-1)
         inside = float(error[~keep].mean()) if (~keep).any() else 0.0
+        background = ~keep & (np.abs(truth.images[0].astype(np.int16) - sample.images[0]).max(axis=-1) <= 1)
+        shift = float(signed.mean(axis=-1)[background].mean()) if background.any() else 0.0
     return {
         "position_error": float(abs(read["shadow_position"][0] - true["shadow_position"][0])),
         "length_error": float(abs(read["shadow_length"][0] - true["shadow_length"][0])),
@@ -113,6 +116,7 @@ def against_truth(sample, target: float, size: int, edited: np.ndarray, mask: np
         "pendulum_moved": float(abs(read["pendulum_angle"][0] - before["pendulum_angle"][0])),
         "outside_max_diff": outside,
         "inside_error": inside,
+        "background_shift": shift,
     }
 
 

@@ -6,8 +6,10 @@ For each of `--scenes` pendulum renders (seeds 0, 1, ...) at `--size` px, the ed
 gives, per threshold, medians over the scenes: the mask's share of the pixels, the shadow position error next to
 how far the true shadow moved (an edit that leaves the shadow in place scores its move), the length error and the
 pendulum's move (a non-descendant: 0 is right), the share of scenes whose shadow error is under half the true move,
-the mean error against the true render inside the mask (grey levels: how faithfully the region is regenerated), and
-the largest change of any pixel outside the mask over all scenes.
+the mean error against the true render inside the mask (grey levels: how faithfully the region is regenerated), the
+mean signed change inside the mask where the true render equals the input (the background the edit should leave:
+a positive shift is the "lighter patch"), and the largest change of any pixel outside the mask over all scenes.
+`--keep-residual 0 1` runs each threshold without and with the pipeline's `keep_residual`.
 
     python benchmarks/bench_shadow.py --size 1024 --scenes 8
 """
@@ -33,18 +35,22 @@ def main() -> None:
     parser.add_argument("--working-size", type=int, default=64)
     parser.add_argument("--steps", type=int, default=25)
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument(
+        "--keep-residual", type=int, nargs="+", choices=[0, 1], default=[0], help="the pipeline's keep_residual"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
     pipe = load_pipeline(args.model)
     pipe.set_progress_bar_config(disable=True)
     dataset = get_dataset("pendulum")
-    rows = {threshold: [] for threshold in args.mask_threshold}
+    settings = [(threshold, bool(residual)) for residual in args.keep_residual for threshold in args.mask_threshold]
+    rows = {setting: [] for setting in settings}
     for seed in range(args.scenes):
         sample = dataset.sample(1, seed=seed, resolution=args.size)
         factors = {name: values[0].item() for name, values in sample.factors.items()}
         target = light_target(factors["light_angle"])
-        for threshold in args.mask_threshold:
+        for threshold, residual in settings:
             out = pipe(
                 image=Image.fromarray(sample.images[0]),
                 factors=factors,
@@ -52,33 +58,36 @@ def main() -> None:
                 num_inference_steps=args.steps,
                 working_size=args.working_size,
                 mask_threshold=threshold,
+                keep_residual=residual,
                 generator=torch.Generator().manual_seed(seed),
             )
             mask = out.masks[0, 0].numpy()
             read = against_truth(sample, target, args.size, np.asarray(out.images[0]), mask)
-            rows[threshold].append({**read, "mask": float(mask.mean())})
+            rows[threshold, residual].append({**read, "mask": float(mask.mean())})
 
     print(
         f"pendulum at {args.size} px, do(light_angle) on {args.scenes} scenes, {args.steps} steps, working size "
         f"{args.working_size}, {args.threads} threads; medians over the scenes\n"
     )
     print(
-        "| mask threshold | mask (% of pixels) | shadow position error (true move) | shadow length error "
-        "| pendulum moved (deg) | scenes with error < move / 2 | error inside mask vs truth (grey levels) "
+        "| mask threshold | keep residual | mask (% of pixels) | shadow position error (true move) "
+        "| shadow length error | pendulum moved (deg) | scenes with error < move / 2 "
+        "| error inside mask vs truth (grey levels) | unchanged background shift inside mask (grey levels) "
         "| max change outside mask (grey levels) |"
     )
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for threshold, scenes in rows.items():
+    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for (threshold, residual), scenes in rows.items():
 
         def median(key: str, scenes: list[dict] = scenes) -> float:
             return statistics.median(scene[key] for scene in scenes)
 
         took = np.mean([scene["position_error"] < scene["shadow_moved"] / 2 for scene in scenes])
         outside = max(scene["outside_max_diff"] for scene in scenes)
+        kept = "yes" if residual else "no"
         print(
-            f"| {threshold} | {100 * median('mask'):.1f} | {median('position_error'):.2f} "
+            f"| {threshold} | {kept} | {100 * median('mask'):.1f} | {median('position_error'):.2f} "
             f"({median('shadow_moved'):.2f}) | {median('length_error'):.2f} | {median('pendulum_moved'):.2f} "
-            f"| {took:.2f} | {median('inside_error'):.1f} | {outside} |"
+            f"| {took:.2f} | {median('inside_error'):.1f} | {median('background_shift'):+.1f} | {outside} |"
         )
 
 
