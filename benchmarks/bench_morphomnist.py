@@ -3,9 +3,9 @@
     python benchmarks/bench_morphomnist.py --model cf_diffusion/assets/morphomnist --split test --n 256
 
 The held-out digits of `configs/morphomnist.yaml` (the folder's last 1,000 rows, never trained on) are split in two:
-`val` (the first 500), where editing settings are chosen (`--abduction`, `--guidance`, `--predictor-guidance` and
-`--keep-guidance` take several values and every combination is run), and `test` (the last 500), where the chosen
-settings are reported.
+`val` (the first 500), where editing settings are chosen (`--abduction`, `--guidance`, `--predictor-guidance`,
+`--keep-guidance` and `--keep-residual` take several values and every combination is run; unset, the model's own),
+and `test` (the last 500), where the chosen settings are reported.
 
 Each edit is read twice: by the model's factor predictor, and by Morpho-MNIST morphometry measured off the image
 (`cf_diffusion.data.measure`: mean stroke thickness and median foreground intensity), which no learned model
@@ -123,7 +123,7 @@ def main() -> None:
     )
     parser.add_argument("--predictor-guidance", nargs="+", type=float, default=[None])
     parser.add_argument("--keep-guidance", nargs="+", type=float, default=[None])
-    parser.add_argument("--keep-residual", nargs="+", type=int, choices=[0, 1], default=[0])
+    parser.add_argument("--keep-residual", nargs="+", type=int, choices=[0, 1], default=[None])
     parser.add_argument("--cvae", default=None, help="the cvae-scm baseline's folder (for --methods cvae-scm)")
     parser.add_argument("--edits", nargs="+", default=[*EDITS, "null"], choices=[*EDITS, "null"])
     parser.add_argument("--diagnostics", action="store_true", help="reader bias and data support (no edits)")
@@ -147,7 +147,11 @@ def main() -> None:
     print("| none | factual digits (floor) | " + " | ".join(f"{floors[c]:.3f}" for c in columns) + " | |")
     settings = list(
         itertools.product(
-            args.abduction, args.guidance, args.predictor_guidance, args.keep_guidance, map(bool, args.keep_residual)
+            args.abduction,
+            args.guidance,
+            args.predictor_guidance,
+            args.keep_guidance,
+            [None if value is None else bool(value) for value in args.keep_residual],
         )
     )
     null_rows = []
@@ -173,7 +177,7 @@ def main() -> None:
             seconds = time.perf_counter() - start
             label = method.name
             if name == "ours":
-                label += f" w={guidance} s={predictor_guidance} k={keep}" + (" residual" if residual else "")
+                label += f" w={guidance} s={predictor_guidance} k={keep} r={residual}"
             if edit == "null":
                 null_rows.append(f"| {label} | {null_figures(pipe, method, options, images, edited, labels, args)} |")
                 continue

@@ -173,6 +173,8 @@ class CounterfactualDiffusionPipeline(FactorPipelineMixin, DiffusionPipeline):
             none; 0 disables it. Saved in `model_index.json`.
         default_keep_guidance: The model's own `keep_guidance` (see `__call__`), used where a call gives none; 0
             disables it. Saved in `model_index.json`.
+        default_keep_residual: The model's own `keep_residual` (see `__call__`), used where a call gives none. Saved
+            in `model_index.json`.
         default_working_size: The shorter side, in pixels, at which the model edits an image larger than that when a
             call gives no `working_size` (a model trained on whole scenes edits them at its own size, in one tile);
             None edits every image at its own size, in tiles. A multiple of `size_multiple`, at least the model's
@@ -198,11 +200,14 @@ class CounterfactualDiffusionPipeline(FactorPipelineMixin, DiffusionPipeline):
         default_guidance_scale: GuidanceScale = None,
         default_predictor_guidance: float = DEFAULT_PREDICTOR_GUIDANCE,
         default_keep_guidance: float = DEFAULT_KEEP_GUIDANCE,
+        default_keep_residual: bool = False,
         default_working_size: int | None = None,
     ):
         super().__init__()
         _check_predictor_guidance(default_predictor_guidance, factor_predictor, "default_predictor_guidance")
         _check_scale(default_keep_guidance, "default_keep_guidance")
+        if not isinstance(default_keep_residual, bool):
+            raise ValueError(f"default_keep_residual must be true or false, got {default_keep_residual!r}")
         _check_choice(default_abduction, name="default_abduction", choices=ABDUCTIONS)
         factor_weights(factor_encoder.schema, None, default_guidance_scale)
         _check_components(
@@ -224,6 +229,7 @@ class CounterfactualDiffusionPipeline(FactorPipelineMixin, DiffusionPipeline):
             default_guidance_scale=default_guidance_scale,
             default_predictor_guidance=default_predictor_guidance,
             default_keep_guidance=default_keep_guidance,
+            default_keep_residual=default_keep_residual,
             default_working_size=default_working_size,
         )
         self._set_up_processing()
@@ -927,7 +933,7 @@ class CounterfactualDiffusionPipeline(FactorPipelineMixin, DiffusionPipeline):
         tile_batch_size: int = DEFAULT_TILE_BATCH_SIZE,
         predictor_guidance: float | None = None,
         keep_guidance: float | None = None,
-        keep_residual: bool = False,
+        keep_residual: bool | None = None,
     ) -> CounterfactualPipelineOutput | tuple:
         """Edits images counterfactually: what would each image have been had the intervened factors been different?
 
@@ -996,7 +1002,7 @@ class CounterfactualDiffusionPipeline(FactorPipelineMixin, DiffusionPipeline):
             keep_residual: Abduct the decoder's residual too: the output is the input plus the decoded change,
                 `x + dec(z') - dec(z)` (resized to the input's size), rather than `dec(z')`, so what the decoder
                 does not reproduce of the input (its exogenous part, fine detail) is kept, and a null edit returns
-                the input itself. Needs `image`.
+                the input itself. Needs `image`. None: the model's `default_keep_residual` (off for an inversion).
 
         Returns:
             CounterfactualPipelineOutput (or the tuple of its fields that are not None: `(images, factual_factors,
@@ -1038,10 +1044,10 @@ class CounterfactualDiffusionPipeline(FactorPipelineMixin, DiffusionPipeline):
             inversion=inversion,
         )
         preserve = self._resolve_preserve(preserve, mask, pixels)
-        if keep_residual and pixels is None:
-            raise ValueError(
-                "keep_residual adds the decoded change to the input, so it needs image (not an inversion)"
-            )
+        if keep_residual is None:
+            keep_residual = self.config.default_keep_residual and pixels is not None
+        elif keep_residual and pixels is None:
+            raise ValueError("keep_residual adds the decoded change to the input, so it needs image, not an inversion")
         if predictor_guidance is None:
             predictor_guidance = self.config.default_predictor_guidance
         _check_predictor_guidance(predictor_guidance, self.factor_predictor, "predictor_guidance")

@@ -44,3 +44,22 @@ def test_keep_residual_needs_the_image():
     inversion = pipe.invert(pil(16), factors=FACTORS, num_inference_steps=3)
     with pytest.raises(ValueError, match="keep_residual adds the decoded change to the input"):
         pipe(inversion=inversion, interventions={}, keep_residual=True)
+
+
+def test_the_model_default_is_saved_and_used_where_a_call_gives_none(tmp_path):
+    from cf_diffusion.pipelines import CounterfactualDiffusionPipeline
+
+    pipe = tiny_pipeline(latent=True)
+    CounterfactualDiffusionPipeline(**pipe.components, default_keep_residual=True).save_pretrained(tmp_path)
+    pipe = CounterfactualDiffusionPipeline.from_pretrained(tmp_path)
+    pipe.set_progress_bar_config(disable=True)
+    assert pipe.config.default_keep_residual is True
+    image = pil(16)
+    out = pipe(image=image, interventions={}, generator=torch.Generator().manual_seed(0), **RUN)
+    assert np.array_equal(np.asarray(out.images[0]), np.asarray(image))
+    off = pipe(image=image, interventions={}, keep_residual=False, generator=torch.Generator().manual_seed(0), **RUN)
+    assert not np.array_equal(np.asarray(off.images[0]), np.asarray(image))
+    replay = pipe(inversion=out.inversion, interventions={}, output_type="np")  # an inversion: the default is off
+    assert replay.images.shape == (1, 16, 16, 3)
+    with pytest.raises(ValueError, match="default_keep_residual must be true or false"):
+        CounterfactualDiffusionPipeline(**pipe.components, default_keep_residual="yes")

@@ -99,6 +99,7 @@ DEFAULTS: dict = {
         "guidance_scale": None,  # None (by factor kind), a number, or {factor: w} (cf_diffusion.guidance)
         "predictor_guidance": DEFAULT_PREDICTOR_GUIDANCE,
         "keep_guidance": DEFAULT_KEEP_GUIDANCE,
+        "keep_residual": False,  # an edit is the input plus the decoded change (the pipeline's keep_residual)
         "working_size": None,  # or the side at which images larger than it are edited (e.g. data.resolution)
     },
 }
@@ -229,6 +230,8 @@ def check_prediction_type(prediction_type: str, where: str) -> None:
 def _check_editing(editing: dict, resolution: int) -> None:
     """The `editing` section's values (its factor names are checked when training starts, with the data's schema;
     whether `working_size` is a multiple of the model's downsampling, when the pipeline is assembled)."""
+    if not isinstance(editing["keep_residual"], bool):
+        raise ValueError(f"Config 'editing.keep_residual' must be true or false, got {editing['keep_residual']!r}.")
     size = editing["working_size"]
     if size is not None and (not _is_int(size) or size < resolution):
         raise ValueError(

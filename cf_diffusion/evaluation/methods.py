@@ -88,7 +88,7 @@ class EditOptions:
         sdedit_strength: Fraction of the schedule that `sdedit` re-noises and denoises, in (0, 1].
         predictor_guidance: The pipeline's `predictor_guidance` for `ours` and `no-scm` (None: the model's own).
         keep_guidance: The pipeline's `keep_guidance` for `ours` and `no-scm` (None: the model's own).
-        keep_residual: The pipeline's `keep_residual` for `ours` and `no-scm`.
+        keep_residual: The pipeline's `keep_residual` for `ours` and `no-scm` (None: the model's own).
         cvae: The conditional VAE that `cvae-scm` edits with (None: that method cannot run).
     """
 
@@ -97,7 +97,7 @@ class EditOptions:
     sdedit_strength: float = DEFAULT_SDEDIT_STRENGTH
     predictor_guidance: float | None = None
     keep_guidance: float | None = None
-    keep_residual: bool = False
+    keep_residual: bool | None = None
     cvae: ConditionalVAE | None = None
 
 
