@@ -34,7 +34,6 @@ from diffusers import (
     DiffusionPipeline,
     UNet2DConditionModel,
 )
-from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.image_processor import PipelineImageInput
 from diffusers.utils.torch_utils import randn_tensor
 
@@ -1008,9 +1007,9 @@ class CounterfactualDiffusionPipeline(FactorPipelineMixin, DiffusionPipeline):
             CounterfactualPipelineOutput (or the tuple of its fields that are not None: `(images, factual_factors,
             counterfactual_factors, inversion[, masks])`).
         """
-        if isinstance(callback_on_step_end, PipelineCallback | MultiPipelineCallbacks):
-            callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
-        callback_on_step_end_tensor_inputs = callback_on_step_end_tensor_inputs or ["latents"]
+        callback_on_step_end_tensor_inputs = self._callback_inputs(
+            callback_on_step_end, callback_on_step_end_tensor_inputs
+        )
         num_inference_steps, strength, abduction, tile_overlap = self._resolve_schedule(
             inversion, num_inference_steps, strength, abduction, tile_overlap
         )

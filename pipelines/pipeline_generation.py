@@ -12,7 +12,6 @@ from typing import Any, Literal
 
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, DiffusionPipeline, UNet2DConditionModel
-from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.utils.torch_utils import randn_tensor
 
 from cf_diffusion.conditioning import FactorEncoder
@@ -199,9 +198,9 @@ class FactorGenerationPipeline(FactorPipelineMixin, DiffusionPipeline):
         Returns:
             GenerationPipelineOutput (or a tuple of its fields).
         """
-        if isinstance(callback_on_step_end, PipelineCallback | MultiPipelineCallbacks):
-            callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
-        callback_on_step_end_tensor_inputs = callback_on_step_end_tensor_inputs or ["latents"]
+        callback_on_step_end_tensor_inputs = self._callback_inputs(
+            callback_on_step_end, callback_on_step_end_tensor_inputs
+        )
         self.check_inputs(
             num_images=num_images,
             interventions=interventions,

@@ -177,6 +177,14 @@ class FactorPipelineMixin:
         if not isinstance(prompt, str | list):
             raise ValueError(f"prompt must be a string or a list of strings, got {type(prompt).__name__}")
 
+    @staticmethod
+    def _callback_inputs(callback: CallbackOnStepEnd, names: list[str] | None) -> list[str]:
+        """The tensors a step callback receives: a diffusers `PipelineCallback`'s own `tensor_inputs`, else `names`,
+        else `["latents"]`."""
+        if isinstance(callback, PipelineCallback | MultiPipelineCallbacks):
+            return callback.tensor_inputs
+        return names or ["latents"]
+
     def _check_callback_inputs(self, names: list[str] | None) -> None:
         """The step callback can be passed only the tensors in `_callback_tensor_inputs`."""
         unknown = [name for name in names or [] if name not in self._callback_tensor_inputs]
