@@ -11,7 +11,7 @@ mean signed change inside the mask where the true render equals the input (the b
 a positive shift is the "lighter patch"), and the largest change of any pixel outside the mask over all scenes.
 `--keep-residual 0 1` runs each threshold without and with the pipeline's `keep_residual`.
 
-    python benchmarks/bench_shadow.py --size 1024 --scenes 8
+    python benchmarks/bench_shadow.py --model runs/pendulum/pipeline --size 1024 --scenes 8
 """
 
 import argparse
@@ -28,7 +28,7 @@ from cf_diffusion.models import load_pipeline
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="pendulum", help="a shipped model's name or a pendulum pipeline folder")
+    parser.add_argument("--model", required=True, help="a pendulum pipeline folder")
     parser.add_argument("--size", type=int, default=1024)
     parser.add_argument("--scenes", type=int, default=8)
     parser.add_argument("--mask-threshold", type=float, nargs="+", default=[0.1, 0.2, 0.3, 0.5])
