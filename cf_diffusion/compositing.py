@@ -64,10 +64,12 @@ def composite(
     """
     top, left, bottom, right = box or (0, 0, *reference.shape[-2:])
     (height_in, width_in), (height_out, width_out) = decoded.shape[-2:], reference.shape[-2:]
-    rows = resize_matrix(height_in, height_out)[top:bottom].to(decoded)
-    columns = resize_matrix(width_in, width_out)[left:right].to(decoded)
     change = decoded if factual is None else decoded - factual
-    narrow = change[..., left:right] if width_in == width_out else change @ columns.T
+    if width_in == width_out:
+        narrow = change[..., left:right]
+    else:
+        narrow = change @ resize_matrix(width_in, width_out)[left:right].to(decoded).T
+    rows = None if height_in == height_out else resize_matrix(height_in, height_out)[top:bottom].to(decoded)
     count, channels = decoded.shape[:2]
     height, width = bottom - top, right - left
     if output_type == "pt":
@@ -77,10 +79,7 @@ def composite(
     band = max(1, BAND_PIXELS // width)
     for start in range(0, height, band):
         stop = min(start + band, height)
-        if height_in == height_out:
-            edit = narrow[..., top + start : top + stop, :]
-        else:
-            edit = rows[start:stop] @ narrow
+        edit = narrow[..., top + start : top + stop, :] if rows is None else rows[start:stop] @ narrow
         input_band = reference[..., top + start : top + stop, left:right].to(edit)
         edit = (edit if factual is None else input_band + edit).clamp(-1, 1)
         if pixel_mask is not None:
