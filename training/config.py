@@ -230,8 +230,6 @@ def check_prediction_type(prediction_type: str, where: str) -> None:
 def _check_editing(editing: dict, resolution: int) -> None:
     """The `editing` section's values (its factor names are checked when training starts, with the data's schema;
     whether `working_size` is a multiple of the model's downsampling, when the pipeline is assembled)."""
-    if not isinstance(editing["keep_residual"], bool):
-        raise ValueError(f"Config 'editing.keep_residual' must be true or false, got {editing['keep_residual']!r}.")
     size = editing["working_size"]
     if size is not None and (not _is_int(size) or size < resolution):
         raise ValueError(
