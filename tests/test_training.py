@@ -306,6 +306,14 @@ def test_finished_stages_refuse_a_changed_recipe_and_name_its_keys(tmp_path):
     assert not (run / "stages" / "unet").exists()
     # Keys no stage's model depends on may change; finished stages are reused.
     assert train(load_config(config, {"training": {"validation_steps": 5}}), stages=("scm", "predictor")) is None
+    # A key the stage's record lacks (added to the recipe format after it trained) counts at its default.
+    record = run / "stages" / "predictor" / "recipe.json"
+    stored = json.loads(record.read_text())
+    del stored["predictor.lr"]
+    record.write_text(json.dumps(stored))
+    assert train(config, stages=("scm", "predictor")) is None
+    with pytest.raises(ValueError, match=r"stages .*: predictor \(predictor.lr\)\."):
+        train(load_config(config, {"predictor": {"lr": 0.01}}), stages=("unet",))
     # Stages finished before fingerprints existed are reused as they are.
     for stage in done:
         (run / "stages" / stage / "recipe.json").unlink()

@@ -80,6 +80,12 @@ DEFAULTS: dict = {
         "lr": 3e-4,
         "lr_warmup_steps": 200,
         "ema_decay": 0.999,
+        # each training image scaled by a factor s drawn from [1 - j, 1 + j] (then clipped, and encoded afresh), with
+        # the value of `brightness_factor` (a continuous factor measured in the units the pixels scale in, such as a
+        # median pixel value) scaled by the same s within its training range: rows of the image's own mechanism that
+        # the observational rows lack (real Morpho-MNIST: a thick but dim digit); 0: none
+        "brightness_jitter": 0.0,
+        "brightness_factor": None,
     },
     "predictor": {"block_out_channels": [32, 64, 128], "num_steps": 1500, "batch_size": 128, "lr": 1e-3},
     # the conditional VAE of the `cvae-scm` evaluation baseline (training/cvae.py; not part of the pipeline); beta
@@ -204,9 +210,17 @@ def load_config(source: str | Path | dict, overrides: dict | None = None) -> dic
             "images cannot be re-rendered under interventions."
         )
     _check_editing(config["editing"], data["resolution"])
-    if config["vae"] is not None and not config["vae"]["brightness_jitter"] < 1:
+    for section in ("vae", "unet"):
+        if config[section] is not None and not config[section]["brightness_jitter"] < 1:
+            raise ValueError(
+                f"Config '{section}.brightness_jitter' must be a number in [0, 1), got "
+                f"{config[section]['brightness_jitter']!r}."
+            )
+    factor = config["unet"]["brightness_factor"]
+    if factor is not None and not (isinstance(factor, str) and config["unet"]["brightness_jitter"]):
         raise ValueError(
-            f"Config 'vae.brightness_jitter' must be a number in [0, 1), got {config['vae']['brightness_jitter']!r}."
+            f"Config 'unet.brightness_factor' must be a factor name, given with 'unet.brightness_jitter' above 0, "
+            f"got {factor!r} with a jitter of {config['unet']['brightness_jitter']!r}."
         )
     check_prediction_type(config["unet"]["prediction_type"], "Config 'unet.prediction_type'")
     pretrained = config["unet"]["pretrained"]

@@ -62,6 +62,51 @@ def batch_indices(shard: torch.Tensor, batch_size: int, seed: int, step: int) ->
     return shard[torch.randint(len(shard), (batch_size,), generator=generator)]
 
 
+def brightness_batch(
+    data: TrainingData, rows: torch.Tensor, jitter: float, seed: int, step: int, factor: str | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The pixels (in [-1, 1]) and factors (`FactorSchema.encode` format) of rows `rows`, each image's brightness
+    scaled by a factor s drawn from [1 - jitter, 1 + jitter], then clipped.
+
+    With `factor`, a continuous factor measured in the units the pixels scale in (a median or mean of pixel values,
+    as Morpho-MNIST's intensity), that factor's value is scaled by the same s, and s is narrowed so the value stays
+    within the factor's training range: the pair is a new (image, factors) row of the image's own mechanism, one
+    the observational rows may never show (a dim thick stroke). Without it the factors are the rows' own. The draws
+    are a function of (seed, step), so a resumed run sees the batches an uninterrupted one would have.
+    """
+    values = {name: column[rows] for name, column in data.table.items()}
+    pixels = data.pixel_batch(rows)
+    if not jitter:
+        return pixels, data.schema.normalize(values)
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + step)
+    draws = torch.rand(len(rows), generator=generator)
+    low, high = torch.full((len(rows),), 1.0 - jitter), torch.full((len(rows),), 1.0 + jitter)
+    if factor is not None:
+        value = values[factor].double()
+        least, most = data.schema[factor].low, data.schema[factor].high
+        positive = value > 0
+        low = torch.where(positive, torch.maximum(low.double(), least / value), low.double()).float()
+        high = torch.where(positive, torch.minimum(high.double(), most / value), high.double()).float()
+    scale = low + draws * (high - low)
+    if factor is not None:
+        values[factor] = values[factor] * scale
+    pixels = ((pixels + 1) * scale[:, None, None, None] - 1).clamp(-1, 1)
+    return pixels, data.schema.normalize(values)
+
+
+def check_brightness_factor(config: dict, schema: FactorSchema) -> None:
+    """`unet.brightness_factor` must be None or one of the data's continuous factors (checked before training)."""
+    name = config["unet"]["brightness_factor"]
+    if name is None:
+        return
+    continuous = [f.name for f in schema if f.kind == "continuous"]
+    if name not in continuous:
+        raise ValueError(
+            f"Config 'unet.brightness_factor' must be one of the data's continuous factors {continuous} (the one "
+            f"that scales with the pixels' brightness), got {name!r}."
+        )
+
+
 def load_training_data(config: dict) -> TrainingData:
     """Builds the training data described by a recipe's `data` section (see training/config.py)."""
     data = config["data"]

@@ -22,7 +22,7 @@ from cf_diffusion.conditioning import FactorEncoder
 from cf_diffusion.factors import FactorSchema
 from cf_diffusion.images import image_grid, save_image, to_uint8
 from cf_diffusion.training.config import check_prediction_type
-from cf_diffusion.training.data import TrainingData, batch_indices, shard_indices
+from cf_diffusion.training.data import TrainingData, batch_indices, brightness_batch, shard_indices
 from cf_diffusion.training.finetune import (
     encode_prompts,
     load_pretrained_unet,
@@ -134,6 +134,24 @@ def training_targets(data: TrainingData, vae: AutoencoderKL | None) -> torch.Ten
     return encode_latents(vae, data) * vae.config.scaling_factor
 
 
+def training_batch(
+    config: dict, data: TrainingData, targets: torch.Tensor, vae: AutoencoderKL | None, rows: torch.Tensor, step: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One step's (clean samples, factors) for rows `rows`: the precomputed targets, or with `unet.brightness_jitter`
+    the rows' images rescaled in brightness (`data.brightness_batch`) and encoded afresh."""
+    unet_config = config["unet"]
+    if not unet_config["brightness_jitter"]:
+        return targets[rows], data.factor_batch(rows)
+    pixels, factors = brightness_batch(
+        data, rows, unet_config["brightness_jitter"], config["seed"], step, unet_config["brightness_factor"]
+    )
+    if vae is None:
+        return pixels, factors
+    with torch.no_grad():
+        latents = vae.encode(pixels.to(vae.device)).latent_dist.mean
+    return latents * vae.config.scaling_factor, factors
+
+
 def train_diffusion(
     config: dict, data: TrainingData, accelerator: Accelerator, resume: str | None, vae: AutoencoderKL | None = None
 ) -> dict:
@@ -141,6 +159,8 @@ def train_diffusion(
     unet_config = config["unet"]
     torch.manual_seed(config["seed"])
     targets = training_targets(data, vae)
+    if vae is not None and unet_config["brightness_jitter"]:  # encodes every batch afresh
+        vae.to(accelerator.device)
     factor_encoder = build_factor_encoder(config, data.schema)
     unet = build_unet(config, targets.shape[-1], targets.shape[1], len(data.schema))
     model = ConditionedUNet(unet, factor_encoder)
@@ -160,8 +180,8 @@ def train_diffusion(
 
     def loss_fn(micro_step: int) -> torch.Tensor:
         rows = batch_indices(shard, unet_config["batch_size"], config["seed"], micro_step)
-        clean = targets[rows].to(accelerator.device)
-        factors = data.factor_batch(rows).to(accelerator.device)
+        clean, factors = training_batch(config, data, targets, vae, rows, micro_step)
+        clean, factors = clean.to(accelerator.device), factors.to(accelerator.device)
         known = torch.rand(factors.shape, device=accelerator.device) >= unet_config["factor_dropout"]
         noise = torch.randn_like(clean)
         timesteps = torch.randint(0, len(alphas), (clean.shape[0],), device=accelerator.device)

@@ -26,8 +26,8 @@ from accelerate.utils import set_seed
 
 from cf_diffusion.guidance import factor_weights
 from cf_diffusion.training.checkpoint import check_fresh_start
-from cf_diffusion.training.config import load_config
-from cf_diffusion.training.data import load_training_data
+from cf_diffusion.training.config import DEFAULTS, load_config
+from cf_diffusion.training.data import check_brightness_factor, load_training_data
 from cf_diffusion.training.stages import STAGES
 
 logger = get_logger(__name__)
@@ -69,11 +69,16 @@ def _fingerprint(config: dict, name: str) -> dict:
 
 def _changed_keys(output_dir: Path, name: str, config: dict) -> list[str]:
     """The keys of `_fingerprint` whose values differ from those the finished stage `name` was trained with (none
-    for an unfinished stage, or one finished before fingerprints existed)."""
+    for an unfinished stage, or one finished before fingerprints existed). A key the stage's record lacks was added
+    to the recipe format after it trained, when the behaviour was that of the key's default: it has changed only
+    when the recipe's value differs from that default."""
     path = output_dir / "stages" / name / "recipe.json"
     if not _finished(output_dir, name) or not path.is_file():
         return []
     stored, current = json.loads(path.read_text()), _fingerprint(config, name)
+    defaults = _fingerprint(DEFAULTS, name)
+    for key in current.keys() - stored.keys():
+        stored[key] = defaults.get(key)
     return sorted(k for k in stored.keys() | current.keys() if stored.get(k) != current.get(k))
 
 
@@ -136,6 +141,7 @@ def train(
         accelerator.init_trackers("cf-diffusion")
     set_seed(config["seed"])
     data = load_training_data(config)
+    check_brightness_factor(config, data.schema)
     try:  # before hours of training, not at assembly
         factor_weights(data.schema, None, config["editing"]["guidance_scale"])
     except ValueError as error:

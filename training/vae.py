@@ -10,7 +10,7 @@ from diffusers import AutoencoderKL
 from diffusers.optimization import get_scheduler
 
 from cf_diffusion.images import image_grid, save_image, to_uint8
-from cf_diffusion.training.data import TrainingData, batch_indices, shard_indices
+from cf_diffusion.training.data import TrainingData, batch_indices, brightness_batch, shard_indices
 from cf_diffusion.training.loop import Stage, run_stage
 
 
@@ -71,18 +71,6 @@ def _reconstruction_validator(
     return validate
 
 
-def training_pixels(data: TrainingData, rows: torch.Tensor, jitter: float, seed: int, step: int) -> torch.Tensor:
-    """The pixel batch of `rows` in [-1, 1], each image's brightness scaled by a factor drawn from
-    [1 - jitter, 1 + jitter] and clipped (`vae.brightness_jitter`); the factors are a function of (seed, step), so a
-    resumed run sees the batches an uninterrupted one would have."""
-    pixels = data.pixel_batch(rows)
-    if not jitter:
-        return pixels
-    generator = torch.Generator().manual_seed(seed * 1_000_003 + step)
-    scale = 1 + jitter * (2 * torch.rand(len(rows), 1, 1, 1, generator=generator) - 1)
-    return ((pixels + 1) * scale - 1).clamp(-1, 1)
-
-
 def train_vae(config: dict, data: TrainingData, accelerator: Accelerator, resume: str | None) -> AutoencoderKL:
     """Trains the autoencoder (L1 + MSE reconstruction + a small KL), then sets `scaling_factor` = 1 / std(latents)."""
     vae_config = config["vae"]
@@ -94,7 +82,7 @@ def train_vae(config: dict, data: TrainingData, accelerator: Accelerator, resume
 
     def loss_fn(micro_step: int) -> torch.Tensor:
         rows = batch_indices(shard, vae_config["batch_size"], config["seed"], micro_step)
-        pixels = training_pixels(data, rows, vae_config["brightness_jitter"], config["seed"], micro_step)
+        pixels = brightness_batch(data, rows, vae_config["brightness_jitter"], config["seed"], micro_step)[0]
         pixels = pixels.to(accelerator.device)
         posterior = vae.encode(pixels).latent_dist
         reconstruction = vae.decode(posterior.sample()).sample
@@ -140,7 +128,7 @@ def train_decoder(
 
     def loss_fn(micro_step: int) -> torch.Tensor:
         rows = batch_indices(shard, vae_config["batch_size"], config["seed"], micro_step)
-        pixels = training_pixels(data, rows, vae_config["brightness_jitter"], config["seed"], micro_step)
+        pixels = brightness_batch(data, rows, vae_config["brightness_jitter"], config["seed"], micro_step)[0]
         pixels = pixels.to(accelerator.device)
         return _reconstruction_loss(vae(pixels, sample_posterior=False).sample, pixels)  # decodes the posterior mean
 
