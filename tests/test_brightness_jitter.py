@@ -1,5 +1,6 @@
-"""Brightness jitter of training images: the VAE stages' (`vae.brightness_jitter`) and the UNet stage's, which
-scales the factor that measures brightness with the image (`unet.brightness_jitter`, `unet.brightness_factor`)."""
+"""Brightness jitter of training images: the VAE stages' (`vae.brightness_jitter`), and the UNet and predictor
+stages', which scale the factor that measures brightness with the image (`unet.brightness_jitter`,
+`predictor.brightness_jitter`, `data.brightness_factor`)."""
 
 import pytest
 import torch
@@ -7,6 +8,7 @@ from test_training import tiny_recipe
 
 from cf_diffusion.factors import Factor, FactorSchema
 from cf_diffusion.graph import CausalGraph
+from cf_diffusion.predictor import FactorPredictor
 from cf_diffusion.training.assemble import load_stage_vae
 from cf_diffusion.training.config import load_config
 from cf_diffusion.training.data import TrainingData, brightness_batch, load_training_data
@@ -56,22 +58,37 @@ def test_the_brightness_factor_scales_with_its_image_and_stays_in_its_training_r
 def test_recipe_checks_name_the_keys(tmp_path):
     recipe = {"output_dir": "out", "data": {"dataset": "morpho"}}
     assert load_config({**recipe, "vae": {"brightness_jitter": 0.4}})["vae"]["brightness_jitter"] == 0.4
-    for section in ("vae", "unet"):
+    for section in ("vae", "unet", "predictor"):
         with pytest.raises(ValueError, match=rf"'{section}.brightness_jitter' must be a number in \[0, 1\)"):
             load_config({**recipe, section: {"brightness_jitter": 1.0}})
         with pytest.raises(ValueError, match=f"'{section}.brightness_jitter'"):
             load_config({**recipe, section: {"brightness_jitter": -0.1}})
-    with pytest.raises(ValueError, match="'unet.brightness_factor'.*above 0.*'intensity' with a jitter of 0.0"):
-        load_config({**recipe, "unet": {"brightness_factor": "intensity"}})
-    with pytest.raises(ValueError, match="'unet.brightness_factor' must be one of the data's continuous factors"):
-        train(tiny_recipe(tmp_path / "run", unet={"brightness_jitter": 0.3, "brightness_factor": "color"}))
+    named = {"dataset": "morpho", "brightness_factor": "intensity"}
+    with pytest.raises(ValueError, match="'data.brightness_factor'.*'predictor.brightness_jitter' above 0"):
+        load_config({**recipe, "data": named, "vae": {"brightness_jitter": 0.4}})
+    assert load_config({**recipe, "data": named, "predictor": {"brightness_jitter": 0.4}})
+    with pytest.raises(ValueError, match="'data.brightness_factor' must be one of the data's continuous factors"):
+        train(tiny_recipe(tmp_path / "run", data={"brightness_factor": "color"}, unet={"brightness_jitter": 0.3}))
     assert not (tmp_path / "run" / "stages").exists()  # refused before any stage trained
+
+
+def test_the_predictor_trains_on_rescaled_rows_and_only_the_stages_that_scale_the_factor_depend_on_it(tmp_path):
+    config = tiny_recipe(tmp_path / "run", latent=False, data={"dataset": "morpho", "num_images": 64})
+    train(config, stages=("scm", "predictor"))
+    named = load_config(config, {"data": {"brightness_factor": "intensity"}, "unet": {"brightness_jitter": 0.4}})
+    with pytest.raises(ValueError, match=r"recipe: predictor \(data.brightness_factor\)\."):  # scm: reused
+        train(named, stages=("unet",))
+    jittered = load_config(named, {"output_dir": str(tmp_path / "jittered"), "predictor": {"brightness_jitter": 0.4}})
+    train(jittered, stages=("predictor",))
+    plain, scaled = (FactorPredictor.from_pretrained(run / "stages" / "predictor" / "factor_predictor") for run in (
+        tmp_path / "run", tmp_path / "jittered"))
+    assert not torch.equal(next(plain.parameters()), next(scaled.parameters()))
 
 
 @pytest.mark.parametrize("latent", [True, False])
 def test_the_unet_stage_trains_on_rescaled_rows_encoded_afresh(tmp_path, latent):
-    unet = {"brightness_jitter": 0.4, "brightness_factor": "intensity"}
-    config = tiny_recipe(tmp_path / "run", latent, data={"dataset": "morpho", "num_images": 64}, unet=unet)
+    named = {"dataset": "morpho", "num_images": 64, "brightness_factor": "intensity"}
+    config = tiny_recipe(tmp_path / "run", latent, data=named, unet={"brightness_jitter": 0.4})
     data = load_training_data(config)
     stages = ("vae", "unet") if latent else ("unet",)
     train(config, stages=stages)
@@ -86,6 +103,6 @@ def test_the_unet_stage_trains_on_rescaled_rows_encoded_afresh(tmp_path, latent)
     else:
         torch.testing.assert_close(clean, vae.encode(pixels).latent_dist.mean * vae.config.scaling_factor)
     assert not torch.allclose(clean, targets[rows], atol=1e-3)
-    plain = load_config(config, {"unet": {"brightness_jitter": 0.0, "brightness_factor": None}})
+    plain = load_config(config, {"data": {"brightness_factor": None}, "unet": {"brightness_jitter": 0.0}})
     unchanged, plain_factors = training_batch(plain, data, targets, vae, rows, step=1)
     assert torch.equal(unchanged, targets[rows]) and torch.equal(plain_factors, data.factor_batch(rows))

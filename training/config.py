@@ -33,6 +33,11 @@ DEFAULTS: dict = {
         "holdout": 0,  # a folder's last N rows stay out of training (`cf-diffusion evaluate --holdout N` edits them)
         # procedural datasets only: this share of the rows is rendered under interventions (training/data.py)
         "interventional_fraction": 0.0,
+        # a continuous factor measured in the units the pixels scale in (a median or mean of pixel values, as
+        # Morpho-MNIST's intensity): where `unet.brightness_jitter` or `predictor.brightness_jitter` rescales a
+        # training image's brightness by s, this factor's value is scaled by the same s within its training range,
+        # so the pair stays a row of the image's own mechanism (one observational data may lack: a dim thick digit)
+        "brightness_factor": None,
     },
     "training": {
         "mixed_precision": "no",
@@ -80,14 +85,17 @@ DEFAULTS: dict = {
         "lr": 3e-4,
         "lr_warmup_steps": 200,
         "ema_decay": 0.999,
-        # each training image scaled by a factor s drawn from [1 - j, 1 + j] (then clipped, and encoded afresh), with
-        # the value of `brightness_factor` (a continuous factor measured in the units the pixels scale in, such as a
-        # median pixel value) scaled by the same s within its training range: rows of the image's own mechanism that
-        # the observational rows lack (real Morpho-MNIST: a thick but dim digit); 0: none
+        # each training image's brightness scaled by a factor from [1 - j, 1 + j] (then clipped, and encoded afresh),
+        # with `data.brightness_factor`; 0: none
         "brightness_jitter": 0.0,
-        "brightness_factor": None,
     },
-    "predictor": {"block_out_channels": [32, 64, 128], "num_steps": 1500, "batch_size": 128, "lr": 1e-3},
+    "predictor": {
+        "block_out_channels": [32, 64, 128],
+        "num_steps": 1500,
+        "batch_size": 128,
+        "lr": 1e-3,
+        "brightness_jitter": 0.0,  # as `unet.brightness_jitter`: it learns to read the other factors at any brightness
+    },
     # the conditional VAE of the `cvae-scm` evaluation baseline (training/cvae.py; not part of the pipeline); beta
     # weighs the KL term against the per-pixel squared error (a Gaussian decoder of variance beta / 2 on [-1, 1])
     "cvae": {
@@ -210,18 +218,7 @@ def load_config(source: str | Path | dict, overrides: dict | None = None) -> dic
             "images cannot be re-rendered under interventions."
         )
     _check_editing(config["editing"], data["resolution"])
-    for section in ("vae", "unet"):
-        if config[section] is not None and not config[section]["brightness_jitter"] < 1:
-            raise ValueError(
-                f"Config '{section}.brightness_jitter' must be a number in [0, 1), got "
-                f"{config[section]['brightness_jitter']!r}."
-            )
-    factor = config["unet"]["brightness_factor"]
-    if factor is not None and not (isinstance(factor, str) and config["unet"]["brightness_jitter"]):
-        raise ValueError(
-            f"Config 'unet.brightness_factor' must be a factor name, given with 'unet.brightness_jitter' above 0, "
-            f"got {factor!r} with a jitter of {config['unet']['brightness_jitter']!r}."
-        )
+    _check_brightness(config)
     check_prediction_type(config["unet"]["prediction_type"], "Config 'unet.prediction_type'")
     pretrained = config["unet"]["pretrained"]
     if pretrained is not None:
@@ -233,6 +230,24 @@ def load_config(source: str | Path | dict, overrides: dict | None = None) -> dic
         if config["vae"]["pretrained"] is None:
             config["vae"]["pretrained"] = str(Path(pretrained) / "vae")
     return config
+
+
+def _check_brightness(config: dict) -> None:
+    """The `brightness_jitter` keys are in [0, 1); `data.brightness_factor` is a name, and a jitter that scales it is
+    on (the factor itself is checked against the data's schema when training starts)."""
+    for section in ("vae", "unet", "predictor"):
+        if config[section] is not None and not config[section]["brightness_jitter"] < 1:
+            raise ValueError(
+                f"Config '{section}.brightness_jitter' must be a number in [0, 1), got "
+                f"{config[section]['brightness_jitter']!r}."
+            )
+    factor = config["data"]["brightness_factor"]
+    scaled = config["unet"]["brightness_jitter"] or config["predictor"]["brightness_jitter"]
+    if factor is not None and not (isinstance(factor, str) and scaled):
+        raise ValueError(
+            f"Config 'data.brightness_factor' must be a factor name, given with 'unet.brightness_jitter' or "
+            f"'predictor.brightness_jitter' above 0, got {factor!r}."
+        )
 
 
 def check_prediction_type(prediction_type: str, where: str) -> None:

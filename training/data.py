@@ -95,14 +95,14 @@ def brightness_batch(
 
 
 def check_brightness_factor(config: dict, schema: FactorSchema) -> None:
-    """`unet.brightness_factor` must be None or one of the data's continuous factors (checked before training)."""
-    name = config["unet"]["brightness_factor"]
+    """`data.brightness_factor` must be None or one of the data's continuous factors (checked before training)."""
+    name = config["data"]["brightness_factor"]
     if name is None:
         return
     continuous = [f.name for f in schema if f.kind == "continuous"]
     if name not in continuous:
         raise ValueError(
-            f"Config 'unet.brightness_factor' must be one of the data's continuous factors {continuous} (the one "
+            f"Config 'data.brightness_factor' must be one of the data's continuous factors {continuous} (the one "
             f"that scales with the pixels' brightness), got {name!r}."
         )
 

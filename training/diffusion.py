@@ -143,7 +143,7 @@ def training_batch(
     if not unet_config["brightness_jitter"]:
         return targets[rows], data.factor_batch(rows)
     pixels, factors = brightness_batch(
-        data, rows, unet_config["brightness_jitter"], config["seed"], step, unet_config["brightness_factor"]
+        data, rows, unet_config["brightness_jitter"], config["seed"], step, config["data"]["brightness_factor"]
     )
     if vae is None:
         return pixels, factors

@@ -1,7 +1,9 @@
 """Stage: the factor predictor (anti-causal classifier/regressor per factor).
 
 It reads factual factors off a user's image when none are given, and measures edits in the evaluation. Inputs get
-a little Gaussian noise during training so that the predictor also reads slightly imperfect generated images.
+a little Gaussian noise during training so that the predictor also reads slightly imperfect generated images, and
+with `predictor.brightness_jitter` a rescaled brightness (`data.brightness_factor` scaled with it), so that it reads
+the other factors off shapes rather than off the brightness the data tie to them.
 """
 
 import torch
@@ -9,7 +11,7 @@ from accelerate import Accelerator
 from torch import nn
 
 from cf_diffusion.predictor import FactorPredictor
-from cf_diffusion.training.data import TrainingData, batch_indices, shard_indices
+from cf_diffusion.training.data import TrainingData, batch_indices, brightness_batch, shard_indices
 from cf_diffusion.training.loop import Stage, run_stage
 
 
@@ -40,9 +42,11 @@ def train_predictor(config: dict, data: TrainingData, accelerator: Accelerator, 
 
     def loss_fn(micro_step: int) -> torch.Tensor:
         rows = batch_indices(shard, predictor_config["batch_size"], config["seed"] + 1, micro_step)
-        pixels = data.pixel_batch(rows).to(accelerator.device)
+        jitter, factor = predictor_config["brightness_jitter"], config["data"]["brightness_factor"]
+        pixels, factors = brightness_batch(data, rows, jitter, config["seed"] + 1, micro_step, factor)
+        pixels = pixels.to(accelerator.device)
         pixels = pixels + 0.05 * torch.randn_like(pixels)
-        return model(pixels, data.factor_batch(rows).to(accelerator.device))
+        return model(pixels, factors.to(accelerator.device))
 
     stage = Stage("predictor", {"model": model}, optimizer)
     run_stage(stage, accelerator, loss_fn, predictor_config["num_steps"], config, resume)

@@ -33,8 +33,7 @@ from cf_diffusion.training.stages import STAGES
 logger = get_logger(__name__)
 
 _SHARED_KEYS = ("seed", "data", "training.mixed_precision", "training.gradient_accumulation_steps")
-# the recipe keys (sections or dotted keys) each stage's model depends on; the `vae.decoder_*` keys only matter to
-# the decoder stage
+# the recipe keys (sections or dotted keys) each stage's model depends on, but for `_OWN_KEYS`
 _STAGE_KEYS = {
     "scm": ("seed", "data", "scm"),
     "vae": (*_SHARED_KEYS, "vae"),
@@ -42,7 +41,12 @@ _STAGE_KEYS = {
     "unet": (*_SHARED_KEYS, "vae", "unet"),
     "predictor": (*_SHARED_KEYS, "predictor"),
 }
-_DECODER_KEYS = ("vae.decoder_num_steps", "vae.decoder_lr")
+# keys only the named stages depend on, though they sit in a section other stages fingerprint whole
+_OWN_KEYS = {
+    "vae.decoder_num_steps": ("decoder",),
+    "vae.decoder_lr": ("decoder",),
+    "data.brightness_factor": ("unet", "predictor"),
+}
 
 
 def _finished(output_dir: Path, name: str) -> bool:
@@ -64,7 +68,7 @@ def _fingerprint(config: dict, name: str) -> dict:
         for part in key.split("."):
             value = value[part]
         found.update(_flatten(value, key))
-    return {k: v for k, v in found.items() if name == "decoder" or k not in _DECODER_KEYS}
+    return {k: v for k, v in found.items() if name in _OWN_KEYS.get(k, (name,))}
 
 
 def _changed_keys(output_dir: Path, name: str, config: dict) -> list[str]:
