@@ -64,9 +64,10 @@ def test_recipe_checks_name_the_keys(tmp_path):
         with pytest.raises(ValueError, match=f"'{section}.brightness_jitter'"):
             load_config({**recipe, section: {"brightness_jitter": -0.1}})
     named = {"dataset": "morpho", "brightness_factor": "intensity"}
-    with pytest.raises(ValueError, match="'data.brightness_factor'.*'predictor.brightness_jitter' above 0"):
-        load_config({**recipe, "data": named, "vae": {"brightness_jitter": 0.4}})
-    assert load_config({**recipe, "data": named, "predictor": {"brightness_jitter": 0.4}})
+    with pytest.raises(ValueError, match="'data.brightness_factor'.*'brightness_jitter' above 0 in 'vae' or"):
+        load_config({**recipe, "data": named})
+    for section in ("vae", "unet", "predictor"):
+        assert load_config({**recipe, "data": named, section: {"brightness_jitter": 0.4}})
     with pytest.raises(ValueError, match="'data.brightness_factor' must be one of the data's continuous factors"):
         train(tiny_recipe(tmp_path / "run", data={"brightness_factor": "color"}, unet={"brightness_jitter": 0.3}))
     assert not (tmp_path / "run" / "stages").exists()  # refused before any stage trained

@@ -34,9 +34,9 @@ DEFAULTS: dict = {
         # procedural datasets only: this share of the rows is rendered under interventions (training/data.py)
         "interventional_fraction": 0.0,
         # a continuous factor measured in the units the pixels scale in (a median or mean of pixel values, as
-        # Morpho-MNIST's intensity): where `unet.brightness_jitter` or `predictor.brightness_jitter` rescales a
-        # training image's brightness by s, this factor's value is scaled by the same s within its training range,
-        # so the pair stays a row of the image's own mechanism (one observational data may lack: a dim thick digit)
+        # Morpho-MNIST's intensity): where a stage's `brightness_jitter` rescales a training image's brightness by s,
+        # this factor's value is scaled by the same s and s is narrowed to keep it within its training range, so the
+        # pair stays a row of the image's own mechanism (one observational data may lack: a dim thick digit)
         "brightness_factor": None,
     },
     "training": {
@@ -60,8 +60,8 @@ DEFAULTS: dict = {
         "lr": 1e-3,
         "kl_weight": 1e-6,
         # each training image of the vae and decoder stages scaled by a factor drawn from [1 - j, 1 + j] (then
-        # clipped), so the decoder draws back the brightness it is given instead of the data's tie of brightness to
-        # other factors (real Morpho-MNIST: intensity to thickness); 0: none
+        # clipped; narrowed by `data.brightness_factor`), so the decoder draws back the brightness it is given
+        # instead of the data's tie of brightness to other factors (real Morpho-MNIST: intensity to thickness); 0: none
         "brightness_jitter": 0.0,
         # the `decoder` stage: steps refining the decoder on posterior means, encoder frozen (0: no such stage)
         "decoder_num_steps": 0,
@@ -119,6 +119,7 @@ DEFAULTS: dict = {
 }
 
 _OPTIONAL_SECTIONS = ("vae",)
+_JITTERED = ("vae", "unet", "predictor")  # the sections with a `brightness_jitter`
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 """What the UNet can learn to output: the noise, the velocity or the clean sample (`diffusion.diffusion_target`)."""
 # integer keys that may be 0; every other integer key must be >= 1
@@ -235,18 +236,18 @@ def load_config(source: str | Path | dict, overrides: dict | None = None) -> dic
 def _check_brightness(config: dict) -> None:
     """The `brightness_jitter` keys are in [0, 1); `data.brightness_factor` is a name, and a jitter that scales it is
     on (the factor itself is checked against the data's schema when training starts)."""
-    for section in ("vae", "unet", "predictor"):
+    for section in _JITTERED:
         if config[section] is not None and not config[section]["brightness_jitter"] < 1:
             raise ValueError(
                 f"Config '{section}.brightness_jitter' must be a number in [0, 1), got "
                 f"{config[section]['brightness_jitter']!r}."
             )
     factor = config["data"]["brightness_factor"]
-    scaled = config["unet"]["brightness_jitter"] or config["predictor"]["brightness_jitter"]
+    scaled = any(config[section] is not None and config[section]["brightness_jitter"] for section in _JITTERED)
     if factor is not None and not (isinstance(factor, str) and scaled):
         raise ValueError(
-            f"Config 'data.brightness_factor' must be a factor name, given with 'unet.brightness_jitter' or "
-            f"'predictor.brightness_jitter' above 0, got {factor!r}."
+            f"Config 'data.brightness_factor' must be a factor name, given with a 'brightness_jitter' above 0 in "
+            f"{' or '.join(map(repr, _JITTERED))}, got {factor!r}."
         )
 
 

@@ -45,7 +45,7 @@ _STAGE_KEYS = {
 _OWN_KEYS = {
     "vae.decoder_num_steps": ("decoder",),
     "vae.decoder_lr": ("decoder",),
-    "data.brightness_factor": ("unet", "predictor"),
+    "data.brightness_factor": ("vae", "decoder", "unet", "predictor"),
 }
 
 

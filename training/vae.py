@@ -82,7 +82,8 @@ def train_vae(config: dict, data: TrainingData, accelerator: Accelerator, resume
 
     def loss_fn(micro_step: int) -> torch.Tensor:
         rows = batch_indices(shard, vae_config["batch_size"], config["seed"], micro_step)
-        pixels = brightness_batch(data, rows, vae_config["brightness_jitter"], config["seed"], micro_step)[0]
+        jitter, factor = vae_config["brightness_jitter"], config["data"]["brightness_factor"]
+        pixels = brightness_batch(data, rows, jitter, config["seed"], micro_step, factor)[0]
         pixels = pixels.to(accelerator.device)
         posterior = vae.encode(pixels).latent_dist
         reconstruction = vae.decode(posterior.sample()).sample
@@ -128,7 +129,8 @@ def train_decoder(
 
     def loss_fn(micro_step: int) -> torch.Tensor:
         rows = batch_indices(shard, vae_config["batch_size"], config["seed"], micro_step)
-        pixels = brightness_batch(data, rows, vae_config["brightness_jitter"], config["seed"], micro_step)[0]
+        jitter, factor = vae_config["brightness_jitter"], config["data"]["brightness_factor"]
+        pixels = brightness_batch(data, rows, jitter, config["seed"], micro_step, factor)[0]
         pixels = pixels.to(accelerator.device)
         return _reconstruction_loss(vae(pixels, sample_posterior=False).sample, pixels)  # decodes the posterior mean
 
