@@ -77,9 +77,11 @@ def test_the_predictor_trains_on_rescaled_rows_and_only_the_stages_that_scale_th
     config = tiny_recipe(tmp_path / "run", latent=False, data={"dataset": "morpho", "num_images": 64})
     train(config, stages=("scm", "predictor"))
     named = load_config(config, {"data": {"brightness_factor": "intensity"}, "unet": {"brightness_jitter": 0.4}})
-    with pytest.raises(ValueError, match=r"recipe: predictor \(data.brightness_factor\)\."):  # scm: reused
-        train(named, stages=("unet",))
-    jittered = load_config(named, {"output_dir": str(tmp_path / "jittered"), "predictor": {"brightness_jitter": 0.4}})
+    assert train(named, stages=("scm", "predictor")) is None  # neither trains with a jitter: both reused
+    jittered = load_config(named, {"predictor": {"brightness_jitter": 0.4}})
+    with pytest.raises(ValueError, match=r"recipe: predictor \(data.brightness_factor, predictor.brightness_jitter\)"):
+        train(jittered, stages=("unet",))
+    jittered = load_config(jittered, {"output_dir": str(tmp_path / "jittered")})
     train(jittered, stages=("predictor",))
     plain, scaled = (FactorPredictor.from_pretrained(run / "stages" / "predictor" / "factor_predictor") for run in (
         tmp_path / "run", tmp_path / "jittered"))

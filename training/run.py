@@ -42,11 +42,9 @@ _STAGE_KEYS = {
     "predictor": (*_SHARED_KEYS, "predictor"),
 }
 # keys only the named stages depend on, though they sit in a section other stages fingerprint whole
-_OWN_KEYS = {
-    "vae.decoder_num_steps": ("decoder",),
-    "vae.decoder_lr": ("decoder",),
-    "data.brightness_factor": ("vae", "decoder", "unet", "predictor"),
-}
+_OWN_KEYS = {"vae.decoder_num_steps": ("decoder",), "vae.decoder_lr": ("decoder",)}
+# the section whose `brightness_jitter` each stage trains with: `data.brightness_factor` matters to it only then
+_JITTER_SECTION = {"vae": "vae", "decoder": "vae", "unet": "unet", "predictor": "predictor"}
 
 
 def _finished(output_dir: Path, name: str) -> bool:
@@ -68,6 +66,9 @@ def _fingerprint(config: dict, name: str) -> dict:
         for part in key.split("."):
             value = value[part]
         found.update(_flatten(value, key))
+    section = config.get(_JITTER_SECTION.get(name)) or {}
+    if not section.get("brightness_jitter"):
+        found.pop("data.brightness_factor", None)
     return {k: v for k, v in found.items() if name in _OWN_KEYS.get(k, (name,))}
 
 
