@@ -22,6 +22,8 @@ that mistakes brightness for thickness blames do(intensity) edits for a thicknes
 changes through the VAE and back (a decoder that learned the data's tie of thickness to intensity thickens bright
 strokes whatever the diffusion model asks), and the share of the do(intensity) targets the training digits of about
 the same thickness never reach (where the data cannot show the model a digit of that thickness and intensity).
+
+`--pictures DIR` writes `DIR/EDIT.png` per edit: the first 16 inputs, and under them each method's edits of them.
 """
 
 import argparse
@@ -40,6 +42,7 @@ from cf_diffusion.evaluation.interventions import draw_targets, shifted_values
 from cf_diffusion.evaluation.methods import EditOptions, Method
 from cf_diffusion.evaluation.readers import read_factors
 from cf_diffusion.evaluation.soundness import composition
+from cf_diffusion.images import image_grid, save_image
 from cf_diffusion.models import model_path
 from cf_diffusion.pipelines import CounterfactualDiffusionPipeline
 
@@ -47,6 +50,7 @@ HOLDOUT = 1000
 SPLITS = {"val": slice(-HOLDOUT, -HOLDOUT // 2), "test": slice(-HOLDOUT // 2, None)}
 EDITS = ("thickness", "intensity", "digit")
 NULL_EDITS = 10
+PICTURE_ROWS = 16
 
 
 def load_rows(pipe, folder: str, split: str, n: int, seed: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
@@ -96,6 +100,13 @@ def run_method(pipe, method: Method, options: EditOptions, images, labels, targe
     return edit_rows(pipe, method, images, labels, targets, intervened, options, seeds, batch_size)
 
 
+def save_pictures(rows: list[np.ndarray], path: str) -> None:
+    """One PNG: the inputs in the first row, then each method's edits of them, one row per method (in run order)."""
+    tiles = np.concatenate([np.rint(np.clip(row, 0, 1) * 255).astype(np.uint8) for row in rows])
+    save_image(image_grid(tiles, columns=len(rows[0]), scale=3), path)
+    print(f"wrote {path}")
+
+
 def guidance_weights(text: str) -> float | dict[str, float]:
     """`--guidance` values: one weight for every factor (`1.5`) or weights per factor (`intensity=1.5,digit=3`)."""
     if "=" not in text:
@@ -127,6 +138,9 @@ def main() -> None:
     parser.add_argument("--cvae", default=None, help="the cvae-scm baseline's folder (for --methods cvae-scm)")
     parser.add_argument("--edits", nargs="+", default=[*EDITS, "null"], choices=[*EDITS, "null"])
     parser.add_argument("--diagnostics", action="store_true", help="reader bias and data support (no edits)")
+    parser.add_argument(
+        "--pictures", default=None, help="a folder: per edit, a PNG of the first 16 inputs above every method's edits"
+    )
     args = parser.parse_args()
     torch.manual_seed(args.seed)
     path = args.model if "/" in args.model else model_path(args.model)
@@ -158,6 +172,7 @@ def main() -> None:
     for edit in args.edits:
         intervened = [] if edit == "null" else [edit]
         targets = labels if edit == "null" else edit_targets(pipe, labels, edit, args.seed)
+        rows = [images[:PICTURE_ROWS]]
         for name, (abduction, guidance, predictor_guidance, keep, residual) in itertools.product(
             args.methods, settings
         ):
@@ -175,6 +190,7 @@ def main() -> None:
             start = time.perf_counter()
             edited = run_method(pipe, method, options, images, labels, targets, intervened, args.seed, args.batch_size)
             seconds = time.perf_counter() - start
+            rows.append(edited[:PICTURE_ROWS])
             label = method.name
             if name == "ours":
                 label += f" w={guidance} s={predictor_guidance} k={keep} r={residual}"
@@ -184,6 +200,8 @@ def main() -> None:
             scores = errors(read(pipe, edited), targets)
             cells = [ratio_text(scores[c], floors[c], c.endswith("digit")) for c in columns]
             print(f"| do({edit}) | {label} | " + " | ".join(cells) + f" | {seconds:.0f} |", flush=True)
+        if args.pictures:
+            save_pictures(rows, f"{args.pictures}/{edit}.png")
     if null_rows:
         print(f"\n| method | null edit MAE255 | SSIM after {NULL_EDITS} null edits |\n|---|---|---|")
         print("\n".join(null_rows))

@@ -83,8 +83,10 @@ def test_the_predictor_trains_on_rescaled_rows_and_only_the_stages_that_scale_th
         train(jittered, stages=("unet",))
     jittered = load_config(jittered, {"output_dir": str(tmp_path / "jittered")})
     train(jittered, stages=("predictor",))
-    plain, scaled = (FactorPredictor.from_pretrained(run / "stages" / "predictor" / "factor_predictor") for run in (
-        tmp_path / "run", tmp_path / "jittered"))
+    plain, scaled = (
+        FactorPredictor.from_pretrained(run / "stages" / "predictor" / "factor_predictor")
+        for run in (tmp_path / "run", tmp_path / "jittered")
+    )
     assert not torch.equal(next(plain.parameters()), next(scaled.parameters()))
 
 
