@@ -94,6 +94,14 @@ def brightness_batch(
     return pixels, data.schema.normalize(values)
 
 
+def stage_batch(
+    config: dict, section: str, data: TrainingData, rows: torch.Tensor, seed: int, step: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`brightness_batch` with the recipe's jitter for the stage section `section` and its `data.brightness_factor`."""
+    jitter, factor = config[section]["brightness_jitter"], config["data"]["brightness_factor"]
+    return brightness_batch(data, rows, jitter, seed, step, factor)
+
+
 def check_brightness_factor(config: dict, schema: FactorSchema) -> None:
     """`data.brightness_factor` must be None or one of the data's continuous factors (checked before training)."""
     name = config["data"]["brightness_factor"]

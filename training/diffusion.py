@@ -22,7 +22,7 @@ from cf_diffusion.conditioning import FactorEncoder
 from cf_diffusion.factors import FactorSchema
 from cf_diffusion.images import image_grid, save_image, to_uint8
 from cf_diffusion.training.config import check_prediction_type
-from cf_diffusion.training.data import TrainingData, batch_indices, brightness_batch, shard_indices
+from cf_diffusion.training.data import TrainingData, batch_indices, shard_indices, stage_batch
 from cf_diffusion.training.finetune import (
     encode_prompts,
     load_pretrained_unet,
@@ -30,7 +30,7 @@ from cf_diffusion.training.finetune import (
     pretrained_noise_scheduler,
 )
 from cf_diffusion.training.loop import Stage, run_stage
-from cf_diffusion.training.vae import encode_latents
+from cf_diffusion.training.vae import encode_latents, encode_means
 
 
 class ConditionedUNet(nn.Module):
@@ -139,17 +139,12 @@ def training_batch(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One step's (clean samples, factors) for rows `rows`: the precomputed targets, or with `unet.brightness_jitter`
     the rows' images rescaled in brightness (`data.brightness_batch`) and encoded afresh."""
-    unet_config = config["unet"]
-    if not unet_config["brightness_jitter"]:
+    if not config["unet"]["brightness_jitter"]:
         return targets[rows], data.factor_batch(rows)
-    pixels, factors = brightness_batch(
-        data, rows, unet_config["brightness_jitter"], config["seed"], step, config["data"]["brightness_factor"]
-    )
+    pixels, factors = stage_batch(config, "unet", data, rows, config["seed"], step)
     if vae is None:
         return pixels, factors
-    with torch.no_grad():
-        latents = vae.encode(pixels.to(vae.device)).latent_dist.mean
-    return latents * vae.config.scaling_factor, factors
+    return encode_means(vae, pixels) * vae.config.scaling_factor, factors
 
 
 def train_diffusion(

@@ -11,7 +11,7 @@ from accelerate import Accelerator
 from torch import nn
 
 from cf_diffusion.predictor import FactorPredictor
-from cf_diffusion.training.data import TrainingData, batch_indices, brightness_batch, shard_indices
+from cf_diffusion.training.data import TrainingData, batch_indices, shard_indices, stage_batch
 from cf_diffusion.training.loop import Stage, run_stage
 
 
@@ -42,8 +42,7 @@ def train_predictor(config: dict, data: TrainingData, accelerator: Accelerator, 
 
     def loss_fn(micro_step: int) -> torch.Tensor:
         rows = batch_indices(shard, predictor_config["batch_size"], config["seed"] + 1, micro_step)
-        jitter, factor = predictor_config["brightness_jitter"], config["data"]["brightness_factor"]
-        pixels, factors = brightness_batch(data, rows, jitter, config["seed"] + 1, micro_step, factor)
+        pixels, factors = stage_batch(config, "predictor", data, rows, config["seed"] + 1, micro_step)
         pixels = pixels.to(accelerator.device)
         pixels = pixels + 0.05 * torch.randn_like(pixels)
         return model(pixels, factors.to(accelerator.device))

@@ -10,7 +10,7 @@ from diffusers import AutoencoderKL
 from diffusers.optimization import get_scheduler
 
 from cf_diffusion.images import image_grid, save_image, to_uint8
-from cf_diffusion.training.data import TrainingData, batch_indices, brightness_batch, shard_indices
+from cf_diffusion.training.data import TrainingData, batch_indices, shard_indices, stage_batch
 from cf_diffusion.training.loop import Stage, run_stage
 
 
@@ -33,11 +33,16 @@ def build_vae(config: dict, resolution: int, channels: int) -> AutoencoderKL:
 
 
 @torch.no_grad()
+def encode_means(vae: AutoencoderKL, pixels: torch.Tensor) -> torch.Tensor:
+    """Posterior means of pixels in [-1, 1] (on the VAE's device), unscaled: Tensor[B, C_latent, h, w]."""
+    return vae.encode(pixels.to(vae.device)).latent_dist.mean
+
+
 def encode_latents(vae: AutoencoderKL, data: TrainingData, batch_size: int = 256) -> torch.Tensor:
     """Posterior means of every image, unscaled: Tensor[N, C_latent, h, w]."""
     vae.eval()
     parts = [
-        vae.encode(data.pixel_batch(torch.arange(i, min(i + batch_size, len(data))))).latent_dist.mean
+        encode_means(vae, data.pixel_batch(torch.arange(i, min(i + batch_size, len(data)))))
         for i in range(0, len(data), batch_size)
     ]
     return torch.cat(parts)
@@ -82,8 +87,7 @@ def train_vae(config: dict, data: TrainingData, accelerator: Accelerator, resume
 
     def loss_fn(micro_step: int) -> torch.Tensor:
         rows = batch_indices(shard, vae_config["batch_size"], config["seed"], micro_step)
-        jitter, factor = vae_config["brightness_jitter"], config["data"]["brightness_factor"]
-        pixels = brightness_batch(data, rows, jitter, config["seed"], micro_step, factor)[0]
+        pixels = stage_batch(config, "vae", data, rows, config["seed"], micro_step)[0]
         pixels = pixels.to(accelerator.device)
         posterior = vae.encode(pixels).latent_dist
         reconstruction = vae.decode(posterior.sample()).sample
@@ -129,8 +133,7 @@ def train_decoder(
 
     def loss_fn(micro_step: int) -> torch.Tensor:
         rows = batch_indices(shard, vae_config["batch_size"], config["seed"], micro_step)
-        jitter, factor = vae_config["brightness_jitter"], config["data"]["brightness_factor"]
-        pixels = brightness_batch(data, rows, jitter, config["seed"], micro_step, factor)[0]
+        pixels = stage_batch(config, "vae", data, rows, config["seed"], micro_step)[0]
         pixels = pixels.to(accelerator.device)
         return _reconstruction_loss(vae(pixels, sample_posterior=False).sample, pixels)  # decodes the posterior mean
 
