@@ -18,6 +18,9 @@ import torch.nn.functional as F
 
 BAND_PIXELS = 1 << 20
 """Pixels (rows x width) of one band of the streamed composite."""
+RESIDUAL_FADE = 0.1
+"""Decoded change (largest over channels, in the [-1, 1] pixel scale) at which a kept residual is wholly replaced by
+the edit (`composite`'s `factual`)."""
 
 
 def resize(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -54,9 +57,13 @@ def composite(
         output_type: `"pil"`, `"np"` or `"pt"`, as diffusers' `VaeImageProcessor.postprocess`.
         postprocess: That image processor's `postprocess`, applied band by band (`output_type` `"pt"` for `"pt"`,
             else `"np"`).
-        factual: Tensor like `decoded` or None: the decoding of the factual sample. Given, the edit is the
-            reference plus the resized change `decoded - factual` (what the decoder does not reproduce of the
-            input, `reference - factual`, is kept as the input's own), else the resized decoded image.
+        factual: Tensor like `decoded` or None: the decoding of the factual sample. Given, what the decoder does
+            not reproduce of the input, the residual `reference - factual`, is kept where the edit leaves a pixel as
+            it was and fades out where it changes it: the output is `reference + change - (1 - g) (reference -
+            factual)`, with `change = decoded - factual` resized and the gate `g = 1 - min(1, |change| /
+            RESIDUAL_FADE)` (the largest over channels). A null edit (no change) returns the reference exactly; a
+            moved stroke keeps no trace of the old one's residual. Without it, the output is the resized decoded
+            image.
 
     Returns:
         A list of N PIL images, an array[N, H, W, C] float32 in [0, 1], or a Tensor[N, C, H, W] in [0, 1] (the
@@ -64,12 +71,19 @@ def composite(
     """
     top, left, bottom, right = box or (0, 0, *reference.shape[-2:])
     (height_in, width_in), (height_out, width_out) = decoded.shape[-2:], reference.shape[-2:]
-    change = decoded if factual is None else decoded - factual
-    if width_in == width_out:
-        narrow = change[..., left:right]
-    else:
-        narrow = change @ resize_matrix(width_in, width_out)[left:right].to(decoded).T
+    columns = None if width_in == width_out else resize_matrix(width_in, width_out)[left:right].to(decoded).T
     rows = None if height_in == height_out else resize_matrix(height_in, height_out)[top:bottom].to(decoded)
+
+    def narrow(images: torch.Tensor) -> torch.Tensor:
+        """Images resized to the output's width (the box's columns), at the decoded height."""
+        return images[..., left:right] if columns is None else images @ columns
+
+    def rows_of(narrowed: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+        """Output rows start:stop of narrowed images, resized to the output's height."""
+        return narrowed[..., top + start : top + stop, :] if rows is None else rows[start:stop] @ narrowed
+
+    narrowed = narrow(decoded if factual is None else decoded - factual)
+    narrowed_factual = None if factual is None else narrow(factual)
     count, channels = decoded.shape[:2]
     height, width = bottom - top, right - left
     if output_type == "pt":
@@ -79,9 +93,12 @@ def composite(
     band = max(1, BAND_PIXELS // width)
     for start in range(0, height, band):
         stop = min(start + band, height)
-        edit = narrow[..., top + start : top + stop, :] if rows is None else rows[start:stop] @ narrow
+        edit = rows_of(narrowed, start, stop)
         input_band = reference[..., top + start : top + stop, left:right].to(edit)
-        edit = (edit if factual is None else input_band + edit).clamp(-1, 1)
+        if factual is not None:
+            fade = (edit.abs().amax(1, keepdim=True) / RESIDUAL_FADE).clamp(max=1)
+            edit = input_band + edit - fade * (input_band - rows_of(narrowed_factual, start, stop))
+        edit = edit.clamp(-1, 1)
         if pixel_mask is not None:
             mask = pixel_mask[..., top + start : top + stop, left:right].to(edit)
             edit = mask * edit + (1 - mask) * input_band

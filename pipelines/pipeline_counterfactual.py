@@ -1001,7 +1001,8 @@ class CounterfactualDiffusionPipeline(FactorPipelineMixin, DiffusionPipeline):
             keep_residual: Abduct the decoder's residual too: the output is the input plus the decoded change,
                 `x + dec(z') - dec(z)` (resized to the input's size), rather than `dec(z')`, so what the decoder
                 does not reproduce of the input (its exogenous part, fine detail) is kept, and a null edit returns
-                the input itself. Needs `image`. None: the model's `default_keep_residual` (off for an inversion).
+                the input itself; the residual fades out where the edit changes a pixel (`composite`). Needs
+                `image`. None: the model's `default_keep_residual` (off for an inversion).
 
         Returns:
             CounterfactualPipelineOutput (or the tuple of its fields that are not None: `(images, factual_factors,

@@ -106,13 +106,24 @@ def test_same_size_edit_is_not_resampled(monkeypatch):
     np.testing.assert_array_equal(got, expected)
 
 
-def test_with_the_factual_decoding_the_edit_is_the_input_plus_the_change(scene, monkeypatch):
+@pytest.mark.parametrize("band_pixels", [7 * 60, 1 << 20])
+def test_with_the_factual_decoding_the_residual_is_kept_where_the_edit_leaves_a_pixel(scene, monkeypatch, band_pixels):
     decoded, reference, mask = scene
-    factual = torch.rand(decoded.shape, generator=torch.Generator().manual_seed(1)) * 2 - 1
-    monkeypatch.setattr(compositing, "BAND_PIXELS", 7 * 60)
+    generator = torch.Generator().manual_seed(1)
+    step = torch.rand(decoded.shape, generator=generator) * 2 - 1
+    step[:, :, :4] *= 0.2 * compositing.RESIDUAL_FADE  # the top rows change a little, the bottom ones a lot
+    factual = decoded - step
+    monkeypatch.setattr(compositing, "BAND_PIXELS", band_pixels)
     got = composite(decoded, reference, mask, None, "np", POSTPROCESS, factual=factual)
-    changed = (reference + resize(decoded - factual, (40, 60))).clamp(-1, 1)
-    expected = POSTPROCESS(mask * changed + (1 - mask) * reference, output_type="np")
+    change, resized_factual = resize(decoded - factual, (40, 60)), resize(factual, (40, 60))
+    fade = (change.abs().amax(1, keepdim=True) / compositing.RESIDUAL_FADE).clamp(max=1)
+    assert fade[..., :10, :].max() < 0.5 and (fade[..., 25:, :] == 1).float().mean() > 0.5  # both regimes occur
+    edited = (reference + change - fade * (reference - resized_factual)).clamp(-1, 1)
+    expected = POSTPROCESS(mask * edited + (1 - mask) * reference, output_type="np")
     np.testing.assert_allclose(got, expected, atol=1e-5)
+    whole = composite(decoded, reference, None, None, "np", POSTPROCESS, factual=factual)
+    faded = (fade == 1).expand_as(reference).permute(0, 2, 3, 1).numpy()  # changed by RESIDUAL_FADE or more:
+    plain = composite(decoded, reference, None, None, "np", POSTPROCESS)  # the decoded edit's own pixels
+    np.testing.assert_allclose(whole[faded], plain[faded], atol=1e-5)
     unchanged = composite(decoded, reference, None, None, "np", POSTPROCESS, factual=decoded)
-    np.testing.assert_allclose(unchanged, POSTPROCESS(reference, output_type="np"), atol=1e-6)
+    np.testing.assert_array_equal(unchanged, POSTPROCESS(reference, output_type="np"))

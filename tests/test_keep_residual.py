@@ -1,10 +1,13 @@
-"""Abduction of the decoder's residual (pipeline `keep_residual`): the output is the input plus the decoded change."""
+"""Abduction of the decoder's residual (pipeline `keep_residual`): the output is the input plus the decoded change,
+with the residual faded out where the edit changes a pixel (`cf_diffusion.compositing.composite`)."""
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 from pipeline_fixtures import tiny_images, tiny_pipeline
+
+from cf_diffusion.compositing import RESIDUAL_FADE
 
 FACTORS = {"size": "small", "color": "red", "bar": "1", "thickness": 3.0}
 RUN = {"factors": FACTORS, "num_inference_steps": 3, "abduction": "ddpm"}
@@ -25,7 +28,7 @@ def test_a_null_edit_returns_the_input_itself(size):
     assert not np.array_equal(np.asarray(plain.images[0]), np.asarray(image))  # the VAE alone does not
 
 
-def test_an_edit_adds_the_decoded_change_to_the_input():
+def test_an_edit_adds_the_decoded_change_to_the_input_and_fades_the_residual_where_it_changes():
     pipe = tiny_pipeline(latent=True)
     image = pil(16)
     edit = {"interventions": {"color": "green"}, "output_type": "pt", **RUN}
@@ -34,7 +37,10 @@ def test_an_edit_adds_the_decoded_change_to_the_input():
     with torch.no_grad():
         factual = pipe.vae.decode(plain.inversion.trajectory[-1] / pipe.vae.config.scaling_factor).sample
     x = torch.from_numpy(np.array(image)).permute(2, 0, 1)[None] / 255 * 2 - 1
-    expected = ((x + (plain.images * 2 - 1) - factual).clamp(-1, 1) + 1) / 2
+    change = plain.images * 2 - 1 - factual
+    fade = (change.abs().amax(1, keepdim=True) / RESIDUAL_FADE).clamp(max=1)
+    assert (fade < 1).any() and (fade == 1).any()
+    expected = ((x + change - fade * (x - factual)).clamp(-1, 1) + 1) / 2
     inside = (plain.images > 0) & (plain.images < 1)  # where the plain decoding was not clipped
     torch.testing.assert_close(kept.images[inside], expected[inside], atol=1e-5, rtol=0)
 
