@@ -317,9 +317,17 @@ def format_identification(entry: EditIdentification, counterfactual: Mapping[str
     if entry.kept:
         lines.append(f"kept: {', '.join(entry.kept)}")
     notes = sorted({item.note for item in entry.factors.values() if item.note})
-    if entry.observed is not None and entry.observed < 1:
-        notes.append(
-            f"only {entry.observed:.0%} of the causal model's counterfactual factor vectors for this edit occur among "
-            f"the training rows: the image model extrapolates"
-        )
-    return "\n".join(lines + [f"note: {note}" for note in notes])
+    support = support_note(entry)
+    return "\n".join(lines + [f"note: {note}" for note in notes + ([support] if support else [])])
+
+
+def support_note(entry: EditIdentification) -> str | None:
+    """The line that says an edit's counterfactual factors reach past the observational rows, or None when they
+    do not (or the share is unknown)."""
+    if entry.observed is None or entry.observed >= 1:
+        return None
+    return (
+        f"only {entry.observed:.0%} of the causal model's counterfactual factor vectors for this edit occur among "
+        "the observational rows: beyond them the image model extrapolates, or relies on rows its recipe made "
+        "(brightness rows)"
+    )

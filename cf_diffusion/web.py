@@ -22,7 +22,7 @@ from PIL import Image
 from cf_diffusion.editing_defaults import DEFAULT_NUM_INFERENCE_STEPS
 from cf_diffusion.factors import FactorSchema
 from cf_diffusion.graph import CausalGraph
-from cf_diffusion.identification import identification_rows
+from cf_diffusion.identification import identification_rows, support_note
 from cf_diffusion.images import uint8_to_unit, unit_to_uint8
 from cf_diffusion.models import SHIPPED_MODELS, load_examples, load_pipeline
 
@@ -256,12 +256,7 @@ def run_edit(
         f"factual: {schema.format_row(result.factual_factors[0])}  \n"
         f"counterfactual: {schema.format_row(counterfactual)}"
         + (f"  \nkept exactly: {', '.join(entry.kept)}" if entry.kept else "")
-        + (
-            f"  \nonly {entry.observed:.0%} of the counterfactual factor vectors occur among the training rows: "
-            "the image model extrapolates"
-            if entry.observed is not None and entry.observed < 1
-            else ""
-        )
+        + (f"  \n{support_note(entry)}" if support_note(entry) else "")
     )
     return EditView(
         _to_image(result.images[0]),
