@@ -252,11 +252,12 @@ def run_edit(
     counterfactual = result.counterfactual_factors[0]
     entry = result.identification[0]
     mask = None if result.masks is None else _to_image(result.masks[0, 0].cpu().numpy())
+    support = support_note(entry)
     summary = (
         f"factual: {schema.format_row(result.factual_factors[0])}  \n"
         f"counterfactual: {schema.format_row(counterfactual)}"
         + (f"  \nkept exactly: {', '.join(entry.kept)}" if entry.kept else "")
-        + (f"  \n{support_note(entry)}" if support_note(entry) else "")
+        + (f"  \n{support}" if support else "")
     )
     return EditView(
         _to_image(result.images[0]),
