@@ -3,9 +3,9 @@
     python benchmarks/bench_morphomnist.py --model cf_diffusion/assets/morphomnist --split test --n 256
 
 The held-out digits of `configs/morphomnist.yaml` (the folder's last 1,000 rows, never trained on) are split in two:
-`val` (the first 500), where editing settings are chosen (`--abduction`, `--guidance`, `--predictor-guidance`,
-`--keep-guidance` and `--keep-residual` take several values and every combination is run; unset, the model's own),
-and `test` (the last 500), where the chosen settings are reported.
+`val` (the first 500), where editing settings are chosen (`--abduction`, `--guidance`, `--guidance-reference`,
+`--predictor-guidance`, `--keep-guidance` and `--keep-residual` take several values and every combination is run;
+unset, the model's own), and `test` (the last 500), where the chosen settings are reported.
 
 Each edit is read twice: by the model's factor predictor, and by Morpho-MNIST morphometry measured off the image
 (`cf_diffusion.data.measure`: mean stroke thickness and median foreground intensity), which no learned model
@@ -35,6 +35,7 @@ import torch
 
 from cf_diffusion.data import LabeledImageDataset
 from cf_diffusion.data.measure import mean_stroke_thickness, median_foreground_intensity
+from cf_diffusion.editing_defaults import DEFAULT_GUIDANCE_REFERENCE, GUIDANCE_REFERENCES
 from cf_diffusion.evaluation.cvae import load_cvae
 from cf_diffusion.evaluation.editing import edit_rows
 from cf_diffusion.evaluation.image_distance import mae_255
@@ -132,6 +133,7 @@ def main() -> None:
     parser.add_argument(
         "--guidance", nargs="+", type=guidance_weights, default=[None], help="w for every factor, or factor=w,factor=w"
     )
+    parser.add_argument("--guidance-reference", nargs="+", choices=GUIDANCE_REFERENCES, default=[None])
     parser.add_argument("--predictor-guidance", nargs="+", type=float, default=[None])
     parser.add_argument("--keep-guidance", nargs="+", type=float, default=[None])
     parser.add_argument("--keep-residual", nargs="+", type=int, choices=[0, 1], default=[None])
@@ -163,6 +165,7 @@ def main() -> None:
         itertools.product(
             args.abduction,
             args.guidance,
+            args.guidance_reference,
             args.predictor_guidance,
             args.keep_guidance,
             [None if value is None else bool(value) for value in args.keep_residual],
@@ -173,16 +176,17 @@ def main() -> None:
         intervened = [] if edit == "null" else [edit]
         targets = labels if edit == "null" else edit_targets(pipe, labels, edit, args.seed)
         rows = [images[:PICTURE_ROWS]]
-        for name, (abduction, guidance, predictor_guidance, keep, residual) in itertools.product(
+        for name, (abduction, guidance, reference, predictor_guidance, keep, residual) in itertools.product(
             args.methods, settings
         ):
-            if name != "ours" and (guidance, predictor_guidance, keep, residual) != settings[0][1:]:
+            if name != "ours" and (guidance, reference, predictor_guidance, keep, residual) != settings[0][1:]:
                 continue
             method = Method(name, args.steps, abduction or pipe.config.default_abduction)
             options = EditOptions(cvae=cvae)  # the baselines edit with the model's own settings
             if name == "ours":
                 options = EditOptions(
                     guidance_scale=guidance,
+                    guidance_reference=reference or DEFAULT_GUIDANCE_REFERENCE,
                     predictor_guidance=predictor_guidance,
                     keep_guidance=keep,
                     keep_residual=residual,
@@ -193,7 +197,8 @@ def main() -> None:
             rows.append(edited[:PICTURE_ROWS])
             label = method.name
             if name == "ours":
-                label += f" w={guidance} s={predictor_guidance} k={keep} r={residual}"
+                label += f" w={guidance}{'' if reference is None else ' ref=' + reference}"
+                label += f" s={predictor_guidance} k={keep} r={residual}"
             if edit == "null":
                 null_rows.append(f"| {label} | {null_figures(pipe, method, options, images, edited, labels, args)} |")
                 continue

@@ -6,7 +6,8 @@ ABDUCTIONS = ("ddim", "ddpm")
 """How the image noise is abducted: DDIM inversion or edit-friendly DDPM noise maps (`cf_diffusion.inversion`)."""
 DEFAULT_ABDUCTION = "ddim"
 GUIDANCE_REFERENCES = ("factual", "null")
-"""The reference branch of the editing guidance: the factual conditioning or the null (all-unknown) one."""
+"""The reference branch of the editing guidance: the factual conditioning, or the counterfactual one with the factors
+the edit changes unknown ("null")."""
 DEFAULT_GUIDANCE_REFERENCE = "factual"
 PRESERVE_MODES = ("auto", "none")
 """`preserve=`: keep the input outside the region the intervention affects, or let the whole image change."""
