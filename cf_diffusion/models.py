@@ -10,6 +10,7 @@ SHIPPED_MODELS = {
     "colored-bars": ASSETS / "colored-bars",
     "morpho": ASSETS / "morpho",
     "morphomnist": ASSETS / "morphomnist",
+    "pendulum": ASSETS / "pendulum",
 }
 DEFAULT_MODEL = "colored-bars"
 

@@ -50,7 +50,12 @@ def test_shipped_models_carry_their_recipes_editing_settings():
     from cf_diffusion.training.config import load_config
 
     configs = Path(__file__).resolve().parents[1] / "configs"
-    recipes = {"colored-bars": "colored_bars.yaml", "morpho": "morpho.yaml", "morphomnist": "morphomnist.yaml"}
+    recipes = {
+        "colored-bars": "colored_bars.yaml",
+        "morpho": "morpho.yaml",
+        "morphomnist": "morphomnist.yaml",
+        "pendulum": "pendulum.yaml",
+    }
     for name, recipe in recipes.items():
         editing = load_config(configs / recipe)["editing"]
         config = load_pipeline(name).config
@@ -58,6 +63,8 @@ def test_shipped_models_carry_their_recipes_editing_settings():
         assert config.default_guidance_scale == editing["guidance_scale"], name
         assert config.default_predictor_guidance == editing["predictor_guidance"], name
         assert config.default_keep_guidance == editing["keep_guidance"], name
+        assert config.default_keep_residual == editing["keep_residual"], name
+        assert config.default_working_size == editing["working_size"], name
 
 
 def test_a_real_28_px_digit_edits_in_one_call_with_the_shipped_morphomnist_model():
@@ -79,6 +86,31 @@ def test_a_real_28_px_digit_edits_in_one_call_with_the_shipped_morphomnist_model
     assert out.images.shape == (1, 1, 28, 28)  # padded to 32 px for the model, cropped back
     assert out.factual_factors[0]["digit"] == str(examples[0]["factors"]["digit"])  # the predictor reads it
     assert out.counterfactual_factors[0]["intensity"] == 200.0
+
+
+def test_the_shipped_pendulum_model_edits_a_1024_px_scene_in_one_call():
+    import numpy as np
+    import torch
+
+    from cf_diffusion.models import load_examples
+
+    pipe = load_pipeline("pendulum")
+    example = load_examples("pendulum")[0]
+    assert example["image"].size == (1024, 1024)
+    out = pipe(
+        image=example["image"],
+        factors=example["factors"],
+        interventions={"light_angle": 70.0},
+        num_inference_steps=2,
+        output_type="np",
+        generator=torch.Generator().manual_seed(0),
+    )  # no working_size: the model's own (64 px), the edit composited back at 1024 px
+    assert out.images.shape == (1, 1024, 1024, 3)
+    edited = np.rint(out.images[0] * 255).astype(np.uint8)
+    outside = out.masks[0, 0].numpy() == 0
+    assert outside.any() and (~outside).any()
+    assert np.array_equal(edited[outside], np.asarray(example["image"])[outside])
+    assert out.counterfactual_factors[0]["light_angle"] == 70.0
 
 
 def test_the_causal_core_imports_without_diffusers_and_the_pipeline_on_first_use():

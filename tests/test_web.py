@@ -60,8 +60,11 @@ def test_the_shipped_models_get_their_controls():
     ]
     sliders = [(c.name, c.low, c.high) for c in web.factor_controls(web.pipeline("morpho").schema) if c.is_slider]
     assert sliders == [("thickness", 0.5, 7.5), ("intensity", 64.0, 255.0)]
-    assert web.model_choices("default") == ["colored-bars", "morpho", "morphomnist"]
-    assert web.model_choices("runs/my-model") == ["colored-bars", "morpho", "morphomnist", "runs/my-model"]
+    sliders = [c.name for c in web.factor_controls(web.pipeline("pendulum").schema) if c.is_slider]
+    assert sliders == ["pendulum_angle", "light_angle", "shadow_position", "shadow_length"]
+    shipped = ["colored-bars", "morpho", "morphomnist", "pendulum"]
+    assert web.model_choices("default") == shipped
+    assert web.model_choices("runs/my-model") == [*shipped, "runs/my-model"]
 
 
 def test_factors_read_off_an_example(pipe, example):
