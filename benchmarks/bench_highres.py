@@ -10,8 +10,8 @@ in pixels, and the edit's quality against the true counterfactual render of the 
 the shadow's position and length errors, how far the pendulum (a non-descendant) moved, and the largest change of a
 pixel outside the mask.
 
-    python benchmarks/bench_highres.py --model runs/pendulum/pipeline
-    python benchmarks/bench_highres.py --model DIR --sizes 512 1024 2048 4096 --working-size 64 --steps 25 --runs 3
+    python benchmarks/bench_highres.py --sizes 512 1024 2048 4096 --steps 25 --runs 3 --seed 1   # the shipped model
+    python benchmarks/bench_highres.py --model DIR --sizes 512 1024 --working-size 64
 """
 
 import argparse
@@ -172,7 +172,7 @@ def format_table(rows: list[dict]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True, help="a pendulum pipeline folder")
+    parser.add_argument("--model", default="pendulum", help="the shipped pendulum model, or a pipeline folder")
     parser.add_argument("--sizes", type=int, nargs="+", default=[512, 1024, 2048, 4096])
     parser.add_argument("--working-size", type=int, default=64, help="shorter side at which the diffusion runs")
     parser.add_argument("--steps", type=int, default=25)

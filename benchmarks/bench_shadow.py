@@ -32,7 +32,7 @@ from cf_diffusion.models import load_pipeline
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True, help="a pendulum pipeline folder")
+    parser.add_argument("--model", default="pendulum", help="the shipped pendulum model, or a pipeline folder")
     parser.add_argument("--size", type=int, default=1024)
     parser.add_argument("--scenes", type=int, default=8)
     parser.add_argument("--first-scene", type=int, default=0, help="the seed of the first scene")
