@@ -4,8 +4,8 @@
 
 The held-out digits of `configs/morphomnist.yaml` (the folder's last 1,000 rows, never trained on) are split in two:
 `val` (the first 500), where editing settings are chosen (`--abduction`, `--guidance`, `--guidance-reference`,
-`--predictor-guidance`, `--keep-guidance` and `--keep-residual` take several values and every combination is run;
-unset, the model's own), and `test` (the last 500), where the chosen settings are reported.
+`--predictor-guidance`, `--keep-guidance`, `--keep-residual` and `--guidance-cutoff` take several values and every
+combination is run; unset, the model's own), and `test` (the last 500), where the chosen settings are reported.
 
 Each edit is read twice: by the model's factor predictor, and by Morpho-MNIST morphometry measured off the image
 (`cf_diffusion.data.measure`: mean stroke thickness and median foreground intensity), which no learned model
@@ -137,6 +137,7 @@ def main() -> None:
     parser.add_argument("--predictor-guidance", nargs="+", type=float, default=[None])
     parser.add_argument("--keep-guidance", nargs="+", type=float, default=[None])
     parser.add_argument("--keep-residual", nargs="+", type=int, choices=[0, 1], default=[None])
+    parser.add_argument("--guidance-cutoff", nargs="+", type=float, default=[None])
     parser.add_argument("--cvae", default=None, help="the cvae-scm baseline's folder (for --methods cvae-scm)")
     parser.add_argument("--edits", nargs="+", default=[*EDITS, "null"], choices=[*EDITS, "null"])
     parser.add_argument("--diagnostics", action="store_true", help="reader bias and data support (no edits)")
@@ -169,6 +170,7 @@ def main() -> None:
             args.predictor_guidance,
             args.keep_guidance,
             [None if value is None else bool(value) for value in args.keep_residual],
+            args.guidance_cutoff,
         )
     )
     null_rows = []
@@ -176,10 +178,10 @@ def main() -> None:
         intervened = [] if edit == "null" else [edit]
         targets = labels if edit == "null" else edit_targets(pipe, labels, edit, args.seed)
         rows = [images[:PICTURE_ROWS]]
-        for name, (abduction, guidance, reference, predictor_guidance, keep, residual) in itertools.product(
+        for name, (abduction, guidance, reference, predictor_guidance, keep, residual, cutoff) in itertools.product(
             args.methods, settings
         ):
-            if name != "ours" and (guidance, reference, predictor_guidance, keep, residual) != settings[0][1:]:
+            if name != "ours" and (guidance, reference, predictor_guidance, keep, residual, cutoff) != settings[0][1:]:
                 continue
             method = Method(name, args.steps, abduction or pipe.config.default_abduction)
             options = EditOptions(cvae=cvae)  # the baselines edit with the model's own settings
@@ -190,6 +192,7 @@ def main() -> None:
                     predictor_guidance=predictor_guidance,
                     keep_guidance=keep,
                     keep_residual=residual,
+                    guidance_cutoff=cutoff,
                 )
             start = time.perf_counter()
             edited = run_method(pipe, method, options, images, labels, targets, intervened, args.seed, args.batch_size)
@@ -198,7 +201,7 @@ def main() -> None:
             label = method.name
             if name == "ours":
                 label += f" w={guidance}{'' if reference is None else ' ref=' + reference}"
-                label += f" s={predictor_guidance} k={keep} r={residual}"
+                label += f" s={predictor_guidance} k={keep} r={residual}{'' if cutoff is None else f' c={cutoff}'}"
             if edit == "null":
                 null_rows.append(f"| {label} | {null_figures(pipe, method, options, images, edited, labels, args)} |")
                 continue

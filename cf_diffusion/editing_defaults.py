@@ -32,3 +32,5 @@ DEFAULT_PREDICTOR_GUIDANCE = 0.0
 """The pipeline's `predictor_guidance` (0: none)."""
 DEFAULT_KEEP_GUIDANCE = 0.0
 """The pipeline's `keep_guidance` (0: none)."""
+DEFAULT_GUIDANCE_CUTOFF = 1.0
+"""The pipeline's `guidance_cutoff`: the fraction of the prediction steps guided by the edit's weight (1: all)."""

@@ -66,6 +66,16 @@ def check_weights(guidance_scale: GuidanceScale, what: str = "guidance_scale") -
             raise ValueError(f"{what} must be a number >= 0 (or a dict of them), got {w!r}{where}")
 
 
+def check_fraction(value: object, what: str) -> None:
+    """Checks a fraction of something (`guidance_cutoff`, a mask threshold): a number (not a bool) in [0, 1].
+
+    Raises:
+        ValueError: Naming `what` and the bad value.
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
+        raise ValueError(f"{what} must be a number in [0, 1], got {value!r}")
+
+
 def _given_weights(schema: FactorSchema, guidance_scale: GuidanceScale, what: str) -> dict[str, float]:
     """The weights `guidance_scale` sets, checked (`what` names it in errors)."""
     check_weights(guidance_scale, what)

@@ -9,7 +9,8 @@ One call edits a batch of images:
    DDIM inversion or exact edit-friendly DDPM noise maps, over the last `strength` fraction of the schedule;
 4. prediction of the image: regenerate from U_I under the *counterfactual* conditioning, with guidance whose
    reference branch is, by default, the factual conditioning: `eps = eps_ref + w (eps_cf - eps_ref)`. The null edit is
-   then an exact replay of the abduction for any w (both branches coincide), and w > 1 pushes along the edit only.
+   then an exact replay of the abduction for any w (both branches coincide), and w > 1 pushes along the edit only,
+   over the first `guidance_cutoff` fraction of the steps.
    An optional mask keeps the factual trajectory outside the region allowed to change.
 
 Images larger than the model's size are edited in overlapping tiles of the model's size (`cf_diffusion.tiling`), with
@@ -42,6 +43,7 @@ from cf_diffusion.conditioning import FactorEncoder
 from cf_diffusion.editing_defaults import (
     ABDUCTIONS,
     DEFAULT_ABDUCTION,
+    DEFAULT_GUIDANCE_CUTOFF,
     DEFAULT_GUIDANCE_REFERENCE,
     DEFAULT_KEEP_GUIDANCE,
     DEFAULT_MASK_THRESHOLD,
@@ -52,7 +54,7 @@ from cf_diffusion.editing_defaults import (
     GUIDANCE_REFERENCES,
     PRESERVE_MODES,
 )
-from cf_diffusion.guidance import GuidanceScale, change_sources, edit_guidance, factor_weights
+from cf_diffusion.guidance import GuidanceScale, change_sources, check_fraction, edit_guidance, factor_weights
 from cf_diffusion.identification import identify_edits
 from cf_diffusion.images import padding_box, pil_to_signed, uint8_to_unit
 from cf_diffusion.inversion import (
@@ -96,12 +98,6 @@ def _check_scale(value: Any, name: str) -> None:
     """A guidance scale that 0 disables must be a number >= 0."""
     if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
         raise ValueError(f"{name} must be a number >= 0 (0 disables it), got {value!r}")
-
-
-def _check_mask_threshold(value: Any) -> None:
-    """The threshold of the `preserve="auto"` mask must be a number in [0, 1]."""
-    if not isinstance(value, int | float) or not 0 <= value <= 1:
-        raise ValueError(f"mask_threshold must be a number in [0, 1], got {value!r}")
 
 
 def _check_predictor_guidance(value: Any, predictor: FactorPredictor | None, name: str) -> None:
@@ -172,6 +168,8 @@ class CounterfactualDiffusionPipeline(FactorPipelineMixin, DiffusionPipeline):
             none; 0 disables it. Saved in `model_index.json`.
         default_keep_guidance: The model's own `keep_guidance` (see `__call__`), used where a call gives none; 0
             disables it. Saved in `model_index.json`.
+        default_guidance_cutoff: The model's own `guidance_cutoff` (see `__call__`), used where a call gives none; 1
+            guides every step. Saved in `model_index.json`.
         default_keep_residual: The model's own `keep_residual` (see `__call__`), used where a call gives none. Saved
             in `model_index.json`.
         default_working_size: The shorter side, in pixels, at which the model edits an image larger than that when a
@@ -199,12 +197,14 @@ class CounterfactualDiffusionPipeline(FactorPipelineMixin, DiffusionPipeline):
         default_guidance_scale: GuidanceScale = None,
         default_predictor_guidance: float = DEFAULT_PREDICTOR_GUIDANCE,
         default_keep_guidance: float = DEFAULT_KEEP_GUIDANCE,
+        default_guidance_cutoff: float = DEFAULT_GUIDANCE_CUTOFF,
         default_keep_residual: bool = False,
         default_working_size: int | None = None,
     ):
         super().__init__()
         _check_predictor_guidance(default_predictor_guidance, factor_predictor, "default_predictor_guidance")
         _check_scale(default_keep_guidance, "default_keep_guidance")
+        check_fraction(default_guidance_cutoff, "default_guidance_cutoff")
         if not isinstance(default_keep_residual, bool):
             raise ValueError(f"default_keep_residual must be true or false, got {default_keep_residual!r}")
         _check_choice(default_abduction, name="default_abduction", choices=ABDUCTIONS)
@@ -228,6 +228,7 @@ class CounterfactualDiffusionPipeline(FactorPipelineMixin, DiffusionPipeline):
             default_guidance_scale=default_guidance_scale,
             default_predictor_guidance=default_predictor_guidance,
             default_keep_guidance=default_keep_guidance,
+            default_guidance_cutoff=default_guidance_cutoff,
             default_keep_residual=default_keep_residual,
             default_working_size=default_working_size,
         )
@@ -256,7 +257,7 @@ class CounterfactualDiffusionPipeline(FactorPipelineMixin, DiffusionPipeline):
     @property
     def guidance_scale(self) -> float | torch.Tensor:
         """The guidance weight in use: one weight per output image Tensor[N, 1, 1, 1]
-        (`cf_diffusion.guidance.edit_guidance`)."""
+        (`cf_diffusion.guidance.edit_guidance`), or ones at the steps after `guidance_cutoff`."""
         return self._guidance_scale
 
     # ------------------------------------------------------------------ input checks and preparation
@@ -333,7 +334,7 @@ class CounterfactualDiffusionPipeline(FactorPipelineMixin, DiffusionPipeline):
             )
         if working_size is not None and image is None:
             raise ValueError("working_size resizes the image; an inversion is already at the size it was made at")
-        _check_mask_threshold(mask_threshold)
+        check_fraction(mask_threshold, "mask_threshold")
         self._check_callback_inputs(callback_on_step_end_tensor_inputs)
 
     def _check_images(
@@ -933,6 +934,7 @@ class CounterfactualDiffusionPipeline(FactorPipelineMixin, DiffusionPipeline):
         predictor_guidance: float | None = None,
         keep_guidance: float | None = None,
         keep_residual: bool | None = None,
+        guidance_cutoff: float | None = None,
     ) -> CounterfactualPipelineOutput | tuple:
         """Edits images counterfactually: what would each image have been had the intervened factors been different?
 
@@ -1003,6 +1005,11 @@ class CounterfactualDiffusionPipeline(FactorPipelineMixin, DiffusionPipeline):
                 does not reproduce of the input (its exogenous part, fine detail) is kept, and a null edit returns
                 the input itself; the residual fades out where the edit changes a pixel (`composite`). Needs
                 `image`. None: the model's `default_keep_residual` (off for an inversion).
+            guidance_cutoff: Fraction in [0, 1] of the prediction steps, the first ones, that `guidance_scale` guides;
+                the later, low-noise steps run at w = 1 (as diffusers' `SDCFGCutoffCallback` ends classifier-free
+                guidance early). A discrete change (a new digit) is decided at high noise, while guidance at low noise
+                also sharpens what should stay, such as a stroke's thickness and brightness. None: the model's
+                `default_guidance_cutoff`; 1: every step.
 
         Returns:
             CounterfactualPipelineOutput (or the tuple of its fields that are not None: `(images, factual_factors,
@@ -1054,6 +1061,9 @@ class CounterfactualDiffusionPipeline(FactorPipelineMixin, DiffusionPipeline):
         if keep_guidance is None:
             keep_guidance = self.config.default_keep_guidance
         _check_scale(keep_guidance, "keep_guidance")
+        if guidance_cutoff is None:
+            guidance_cutoff = self.config.default_guidance_cutoff
+        check_fraction(guidance_cutoff, "guidance_cutoff")
         self._interrupt = False
         device = self._execution_device
 
@@ -1089,7 +1099,8 @@ class CounterfactualDiffusionPipeline(FactorPipelineMixin, DiffusionPipeline):
         sources = change_sources(self.scm.graph, self.schema.names, changed)
         weights = edit_guidance(self.schema, guidance_scale, sources, self.config.default_guidance_scale)
         self._guidance_scale = weights.to(device=trajectory.device, dtype=trajectory.dtype).view(-1, 1, 1, 1)
-        guided = bool((changed.any(dim=1) & (weights != 1)).any())
+        edit_weights, guided_steps = self._guidance_scale, round(guidance_cutoff * len(timesteps))
+        guided = guided_steps > 0 and bool((changed.any(dim=1) & (weights != 1)).any())
         keep_scale = torch.where(changed.any(dim=1), float(keep_guidance), 0.0)
         self._keep_scale = keep_scale.to(device=trajectory.device, dtype=trajectory.dtype).view(-1, 1, 1, 1)
         kept = bool((keep_scale > 0).any())
@@ -1120,6 +1131,7 @@ class CounterfactualDiffusionPipeline(FactorPipelineMixin, DiffusionPipeline):
             for i, t in enumerate(timesteps):
                 if self.interrupt:
                     continue
+                self._guidance_scale = edit_weights if i < guided_steps else torch.ones_like(edit_weights)
                 model_output = self._guided_model_output(model_fn, latents, t, kwargs, guided, kept)
                 if predictor_guidance:
                     model_output = self._predictor_guided(model_output, latents, t, counterfactual, predictor_guidance)

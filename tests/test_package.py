@@ -63,6 +63,7 @@ def test_shipped_models_carry_their_recipes_editing_settings():
         assert config.default_guidance_scale == editing["guidance_scale"], name
         assert config.default_predictor_guidance == editing["predictor_guidance"], name
         assert config.default_keep_guidance == editing["keep_guidance"], name
+        assert config.default_guidance_cutoff == editing["guidance_cutoff"], name
         assert config.default_keep_residual == editing["keep_residual"], name
         assert config.default_working_size == editing["working_size"], name
 

@@ -398,6 +398,7 @@ def test_checkpoints_are_written_atomically(tmp_path, monkeypatch):
         ({"data": {"dataset": "morpho"}, "editing": {"guidance_scale": {"digit": -1}}}, None, "'editing.guidance"),
         ({"data": {"dataset": "morpho"}, "editing": {"guidance_scale": "high"}}, None, "'editing.guidance_scale'"),
         ({"data": {"dataset": "morpho"}, "editing": {"keep_residual": "yes"}}, None, "'editing.keep_residual'"),
+        ({"data": {"dataset": "morpho"}, "editing": {"guidance_cutoff": 1.5}}, None, "'editing.guidance_cutoff'.*1.5"),
         ({"data": {"dataset": "morpho"}, "editing": {"working_size": 16}}, None, "'editing.working_size'.*\\(32\\)"),
         ({"data": {"dataset": "morpho"}, "unet": {"prediction_type": "x0"}}, None, "'unet.prediction_type'.*'x0'"),
         (

@@ -87,6 +87,7 @@ def assemble_pipeline(config: dict, checkpoint: str | Path | None = None) -> Cou
         default_guidance_scale=config["editing"]["guidance_scale"],
         default_predictor_guidance=config["editing"]["predictor_guidance"],
         default_keep_guidance=config["editing"]["keep_guidance"],
+        default_guidance_cutoff=config["editing"]["guidance_cutoff"],
         default_keep_residual=config["editing"]["keep_residual"],
         default_working_size=config["editing"]["working_size"],
     )

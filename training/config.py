@@ -12,10 +12,11 @@ import yaml
 from cf_diffusion.editing_defaults import (
     ABDUCTIONS,
     DEFAULT_ABDUCTION,
+    DEFAULT_GUIDANCE_CUTOFF,
     DEFAULT_KEEP_GUIDANCE,
     DEFAULT_PREDICTOR_GUIDANCE,
 )
-from cf_diffusion.guidance import check_weights
+from cf_diffusion.guidance import check_fraction, check_weights
 
 DEFAULTS: dict = {
     "output_dir": "runs/model",
@@ -111,6 +112,7 @@ DEFAULTS: dict = {
     "editing": {
         "abduction": DEFAULT_ABDUCTION,  # or another of ABDUCTIONS
         "guidance_scale": None,  # None (by factor kind), a number, or {factor: w} (cf_diffusion.guidance)
+        "guidance_cutoff": DEFAULT_GUIDANCE_CUTOFF,  # the fraction of the steps, the first ones, that it guides
         "predictor_guidance": DEFAULT_PREDICTOR_GUIDANCE,
         "keep_guidance": DEFAULT_KEEP_GUIDANCE,
         "keep_residual": False,  # an edit is the input plus the decoded change (the pipeline's keep_residual)
@@ -271,3 +273,4 @@ def _check_editing(editing: dict, resolution: int) -> None:
             f"Config 'editing.abduction' must be {' or '.join(map(repr, ABDUCTIONS))}, got {editing['abduction']!r}."
         )
     check_weights(editing["guidance_scale"], "Config 'editing.guidance_scale'")
+    check_fraction(editing["guidance_cutoff"], "Config 'editing.guidance_cutoff'")

@@ -89,6 +89,7 @@ class EditOptions:
         predictor_guidance: The pipeline's `predictor_guidance` for `ours` and `no-scm` (None: the model's own).
         keep_guidance: The pipeline's `keep_guidance` for `ours` and `no-scm` (None: the model's own).
         keep_residual: The pipeline's `keep_residual` for `ours` and `no-scm` (None: the model's own).
+        guidance_cutoff: The pipeline's `guidance_cutoff` for `ours` and `no-scm` (None: the model's own).
         cvae: The conditional VAE that `cvae-scm` edits with (None: that method cannot run).
     """
 
@@ -98,6 +99,7 @@ class EditOptions:
     predictor_guidance: float | None = None
     keep_guidance: float | None = None
     keep_residual: bool | None = None
+    guidance_cutoff: float | None = None
     cvae: ConditionalVAE | None = None
 
 
@@ -249,6 +251,7 @@ def apply_method(
         predictor_guidance=options.predictor_guidance,
         keep_guidance=options.keep_guidance,
         keep_residual=options.keep_residual,
+        guidance_cutoff=options.guidance_cutoff,
         **common,
     )
     return np.asarray(out.images)
