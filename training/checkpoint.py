@@ -127,6 +127,26 @@ def resolve_checkpoint(output_dir: str | Path, resume: str | None) -> Path | Non
     return path
 
 
+def starting_checkpoint(output_dir: str | Path, resume: str | None, accelerator) -> Path | None:
+    """The checkpoint a stage starts from (None: fresh), agreed by every process before any of them writes one.
+
+    Each process refuses a fresh run over an earlier run's checkpoints (`check_fresh_start`) and resolves `resume`;
+    the main process removes unfinished writes (`remove_partial_checkpoints`); then all wait for each other, so the
+    main process's first checkpoint of this run cannot be taken by a slower process for an earlier run's.
+
+    Args:
+        output_dir: The stage's checkpoint folder.
+        resume: "latest", a checkpoint folder, or None.
+        accelerator: The run's `accelerate.Accelerator`.
+    """
+    check_fresh_start(output_dir, resume)
+    if accelerator.is_main_process:
+        remove_partial_checkpoints(output_dir)
+    path = resolve_checkpoint(output_dir, resume)
+    accelerator.wait_for_everyone()
+    return path
+
+
 def load_checkpoint(path: str | Path) -> tuple[int, dict]:
     """Reads a checkpoint folder back: (step, state) with the same nesting that was saved."""
     path = Path(path)

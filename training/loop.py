@@ -12,11 +12,9 @@ from tqdm.auto import tqdm
 
 from cf_diffusion.progress import progress_enabled
 from cf_diffusion.training.checkpoint import (
-    check_fresh_start,
     load_checkpoint,
-    remove_partial_checkpoints,
-    resolve_checkpoint,
     save_checkpoint,
+    starting_checkpoint,
 )
 
 logger = get_logger(__name__)
@@ -119,11 +117,8 @@ def run_stage(
     training = config["training"]
     checkpointing_steps, validation_steps = training["checkpointing_steps"], training["validation_steps"]
     checkpoint_dir = Path(config["output_dir"]) / "checkpoints" / stage.name
-    check_fresh_start(checkpoint_dir, resume_from_checkpoint)
-    if accelerator.is_main_process:
-        remove_partial_checkpoints(checkpoint_dir)
     start = 0
-    path = resolve_checkpoint(checkpoint_dir, resume_from_checkpoint)
+    path = starting_checkpoint(checkpoint_dir, resume_from_checkpoint, accelerator)
     if path is not None:
         start, state = load_checkpoint(path)
         stage.load_state(state, accelerator)

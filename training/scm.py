@@ -14,11 +14,9 @@ from accelerate.logging import get_logger
 from cf_diffusion.progress import progress_enabled
 from cf_diffusion.scm import NeuralCausalModel
 from cf_diffusion.training.checkpoint import (
-    check_fresh_start,
     load_checkpoint,
-    remove_partial_checkpoints,
-    resolve_checkpoint,
     save_checkpoint,
+    starting_checkpoint,
 )
 from cf_diffusion.training.data import TrainingData
 
@@ -27,10 +25,7 @@ logger = get_logger(__name__)
 
 def _resume_state(checkpoint_dir: Path, accelerator: Accelerator, resume: str | None) -> dict | None:
     """The fit state to continue from (None: a fresh fit, refused over an earlier run's checkpoints)."""
-    check_fresh_start(checkpoint_dir, resume)
-    if accelerator.is_main_process:
-        remove_partial_checkpoints(checkpoint_dir)
-    path = resolve_checkpoint(checkpoint_dir, resume)
+    path = starting_checkpoint(checkpoint_dir, resume, accelerator)
     if path is None:
         return None
     step, state = load_checkpoint(path)
