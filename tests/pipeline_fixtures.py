@@ -111,6 +111,19 @@ def tiny_pipeline(
     return pipe
 
 
+def saved_with_default(
+    pipe: CounterfactualDiffusionPipeline, folder: Path, **default
+) -> CounterfactualDiffusionPipeline:
+    """`pipe`'s components saved to `folder` with one model default (`default_...=value`), which must be in its
+    `model_index.json`, and loaded back from there (progress bars off)."""
+    ((name, value),) = default.items()
+    CounterfactualDiffusionPipeline(**pipe.components, **default).save_pretrained(folder)
+    assert json.loads((Path(folder) / "model_index.json").read_text())[name] == value
+    loaded = CounterfactualDiffusionPipeline.from_pretrained(folder)
+    loaded.set_progress_bar_config(disable=True)
+    return loaded
+
+
 def tiny_images(batch: int, size: int, seed: int = 0) -> torch.Tensor:
     """Smooth random images Tensor[B, 3, size, size] in [0.1, 0.9] (the [0, 1] convention of diffusers inputs)."""
     g = torch.Generator().manual_seed(seed)

@@ -1,10 +1,8 @@
 """Guidance along the edit over the first steps only (pipeline `guidance_cutoff`)."""
 
-import json
-
 import pytest
 import torch
-from pipeline_fixtures import tiny_images, tiny_pipeline
+from pipeline_fixtures import saved_with_default, tiny_images, tiny_pipeline
 from test_pipeline import FACTORS
 
 RUN = {"num_inference_steps": 4, "output_type": "pt", "abduction": "ddpm", "interventions": {"bar": "0"}}
@@ -45,13 +43,8 @@ def test_null_edit_stays_exact_under_a_cutoff():
 
 
 def test_model_default_guidance_cutoff_is_saved_and_checked(tmp_path):
-    from diffusers import DiffusionPipeline
-
     pipe = tiny_pipeline()
-    type(pipe)(**pipe.components, default_guidance_cutoff=0.25).save_pretrained(tmp_path)
-    assert json.loads((tmp_path / "model_index.json").read_text())["default_guidance_cutoff"] == 0.25
-    loaded = DiffusionPipeline.from_pretrained(tmp_path)
-    loaded.set_progress_bar_config(disable=True)
+    loaded = saved_with_default(pipe, tmp_path, default_guidance_cutoff=0.25)
     torch.testing.assert_close(
         edit(loaded, None, guidance_scale=3.0).images, edit(pipe, 0.25, guidance_scale=3.0).images
     )

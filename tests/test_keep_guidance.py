@@ -1,10 +1,8 @@
 """Classifier-free guidance toward the factors an edit keeps (pipeline `keep_guidance`)."""
 
-import json
-
 import pytest
 import torch
-from pipeline_fixtures import tiny_images, tiny_pipeline
+from pipeline_fixtures import saved_with_default, tiny_images, tiny_pipeline
 from test_pipeline import FACTORS
 
 RUN = {"num_inference_steps": 4, "output_type": "pt", "abduction": "ddpm"}
@@ -53,13 +51,8 @@ def test_keep_guidance_leaves_null_edits_and_edits_that_keep_nothing_alone():
 
 
 def test_model_default_keep_guidance_is_saved_and_checked(tmp_path):
-    from diffusers import DiffusionPipeline
-
     pipe = tiny_pipeline()
-    type(pipe)(**pipe.components, default_keep_guidance=1.5).save_pretrained(tmp_path)
-    assert json.loads((tmp_path / "model_index.json").read_text())["default_keep_guidance"] == 1.5
-    loaded = DiffusionPipeline.from_pretrained(tmp_path)
-    loaded.set_progress_bar_config(disable=True)
+    loaded = saved_with_default(pipe, tmp_path, default_keep_guidance=1.5)
     torch.testing.assert_close(
         edit(loaded, {"thickness": 4.5}, None).images, edit(pipe, {"thickness": 4.5}, 1.5).images
     )

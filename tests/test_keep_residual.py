@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from pipeline_fixtures import tiny_images, tiny_pipeline
+from pipeline_fixtures import saved_with_default, tiny_images, tiny_pipeline
 
 from cf_diffusion.compositing import RESIDUAL_FADE
 
@@ -55,10 +55,7 @@ def test_keep_residual_needs_the_image():
 def test_the_model_default_is_saved_and_used_where_a_call_gives_none(tmp_path):
     from cf_diffusion.pipelines import CounterfactualDiffusionPipeline
 
-    pipe = tiny_pipeline(latent=True)
-    CounterfactualDiffusionPipeline(**pipe.components, default_keep_residual=True).save_pretrained(tmp_path)
-    pipe = CounterfactualDiffusionPipeline.from_pretrained(tmp_path)
-    pipe.set_progress_bar_config(disable=True)
+    pipe = saved_with_default(tiny_pipeline(latent=True), tmp_path, default_keep_residual=True)
     assert pipe.config.default_keep_residual is True
     image = pil(16)
     out = pipe(image=image, interventions={}, generator=torch.Generator().manual_seed(0), **RUN)

@@ -1,11 +1,9 @@
 """Guidance by the factor predictor toward the whole counterfactual vector (pipeline `predictor_guidance`)."""
 
-import json
-
 import pytest
 import torch
 import torch.nn.functional as F
-from pipeline_fixtures import tiny_images, tiny_pipeline
+from pipeline_fixtures import saved_with_default, tiny_images, tiny_pipeline
 from test_pipeline import FACTORS
 
 
@@ -64,13 +62,8 @@ def test_predictor_guidance_reads_decoded_latents():
 
 
 def test_model_default_predictor_guidance_is_saved_and_checked(tmp_path):
-    from diffusers import DiffusionPipeline
-
     pipe = tiny_pipeline()
-    type(pipe)(**pipe.components, default_predictor_guidance=5.0).save_pretrained(tmp_path)
-    assert json.loads((tmp_path / "model_index.json").read_text())["default_predictor_guidance"] == 5.0
-    loaded = DiffusionPipeline.from_pretrained(tmp_path)
-    loaded.set_progress_bar_config(disable=True)
+    loaded = saved_with_default(pipe, tmp_path, default_predictor_guidance=5.0)
     inputs = {"image": tiny_images(1, 8), "factors": FACTORS[:1], "interventions": {"thickness": 4.5}}
     run = {"num_inference_steps": 3, "output_type": "pt", "abduction": "ddpm"}
     by_default = loaded(**inputs, **run, generator=torch.Generator().manual_seed(0)).images
